@@ -1,0 +1,1 @@
+"""convlab: the building blocks of convolutional networks, their cost and what they buy."""

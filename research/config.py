@@ -1,0 +1,130 @@
+"""Configs as data: load an experiment file, apply `--config.KEY=VALUE` overrides, validate, dump.
+
+An experiment is a Python file under `experiments/` whose `get_config()` returns an
+`ml_collections.ConfigDict`. Every check here runs before anything is compiled or written.
+"""
+
+import ast
+import importlib.util
+import json
+import os
+from typing import Any, Callable, Iterable
+
+import ml_collections
+from ml_collections import config_dict
+
+from research.errors import ConfigError, UserError
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of the experiment file at `path`, locked so that unknown keys are refused."""
+  if not os.path.isfile(path):
+    raise UserError(f"config file {path!r} does not exist; experiments live in experiments/*.py")
+  spec = importlib.util.spec_from_file_location(f"experiment_{os.path.basename(path)[:-3]}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise UserError(f"config file {path!r} has no get_config() function")
+  config = module.get_config()
+  config.lock()
+  return config
+
+
+def _parse(text: str) -> Any:
+  """A command-line value as Python: numbers, tuples, booleans, None; anything else is a string."""
+  if text.lower() in ("true", "false"):
+    return text.lower() == "true"
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def _expected_type(parent: ml_collections.ConfigDict, leaf: str) -> type | None:
+  field = parent._fields[leaf]  # pylint: disable=protected-access
+  if isinstance(field, config_dict.FieldReference):
+    return field.get_type()
+  return None if field is None else type(field)
+
+
+def _coerce(key: str, value: Any, expected: type | None) -> Any:
+  if expected is None or value is None:
+    return value
+  if expected is float and isinstance(value, int) and not isinstance(value, bool):
+    return float(value)
+  if expected is tuple and isinstance(value, (list, tuple)):
+    return tuple(value)
+  if expected in (int, float) and isinstance(value, bool) or not isinstance(value, expected):
+    raise ConfigError(key, f"expects {expected.__name__}, got {value!r} ({type(value).__name__})")
+  return value
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> None:
+  """Sets each `KEY=VALUE` (dotted key under `config`), checking the key exists and the type matches."""
+  for item in overrides:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+      raise UserError(f"override {item!r} is not of the form --config.KEY=VALUE")
+    *path, leaf = key.split(".")
+    parent = config
+    for depth, part in enumerate(path):
+      parent = parent.get(part) if isinstance(parent, ml_collections.ConfigDict) else None
+      if not isinstance(parent, ml_collections.ConfigDict):
+        raise ConfigError(".".join(path[:depth + 1]), "no such section in this config")
+    if leaf not in parent:
+      raise ConfigError(key, f"no such key; this section has: {', '.join(sorted(parent.keys()))}")
+    if isinstance(parent[leaf], ml_collections.ConfigDict):
+      raise ConfigError(key, "is a section; set one of its keys instead")
+    with parent.unlocked():
+      setattr(parent, leaf, _coerce(key, _parse(text), _expected_type(parent, leaf)))
+
+
+def _is_int(v):
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _positive_int(v):
+  return _is_int(v) and v > 0
+
+
+def _positive_number(v):
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+
+
+# (key, predicate, what a valid value is). Model fields are checked when the model is built.
+CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("seed", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    ("data.name", lambda v: isinstance(v, str) and v != "", "a TFDS dataset name"),
+    ("data.batch_size", _positive_int, "a positive integer"),
+    ("data.eval_batch_size", _positive_int, "a positive integer"),
+    ("model.name", lambda v: isinstance(v, str), "a model name"),
+    ("optimizer.name", lambda v: isinstance(v, str), "an optimizer name"),
+    ("optimizer.learning_rate", _positive_number, "a positive number"),
+    ("schedule.name", lambda v: isinstance(v, str), "a schedule name"),
+    ("train.num_epochs", _positive_int, "a positive integer"),
+    ("train.checkpoint_every_epochs", _positive_int, "a positive integer"),
+    ("train.keep_checkpoints", _positive_int, "a positive integer"),
+]
+
+
+def get(config: ml_collections.ConfigDict, key: str) -> Any:
+  """`config` at dotted `key`; a missing key is a `ConfigError` naming it."""
+  node = config
+  for part in key.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      raise ConfigError(key, "is missing from this config")
+    node = node[part]
+  return node
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises `ConfigError` for the first key whose value is impossible."""
+  for key, ok, what in CHECKS:
+    value = get(config, key)
+    if not ok(value):
+      raise ConfigError(key, f"must be {what}, got {value!r}")
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+  """The resolved config as indented JSON (what `config.json` in a workdir holds)."""
+  return json.dumps(json.loads(config.to_json()), indent=2, sort_keys=True)

@@ -1,0 +1,1 @@
+"""TFDS builders for the datasets this project ships (importing one registers it with TFDS)."""
