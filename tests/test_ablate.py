@@ -1,0 +1,75 @@
+"""Ablations: every variant and seed trained, accuracy summarised truly, cost beside it, bad variants first."""
+
+import json
+import os
+
+import pytest
+from PIL import Image
+
+from conftest import ROOT, run_cli
+from research import ablate, config as config_lib, metrics
+from research.errors import UserError
+
+ABLATIONS = os.path.join(ROOT, "experiments", "ablations.py")
+
+
+def tiny(data_dir, variants=("model.block=conv", "model.block=factorized")):
+  config = config_lib.load_config(ABLATIONS)
+  config_lib.apply_overrides(config, [
+      f"ablation.overrides=('data.data_dir={data_dir}', 'train.num_epochs=1', 'model.widths=(8,16)', "
+      "'model.hidden=32')", "ablation.seeds=(0,1)", "ablation.repeats=5", "ablation.warmup=1",
+      "ablation.tables=('blocks',)"])
+  with config.ablation.blocks.unlocked():
+    config.ablation.blocks.variants = tuple({"label": o.split("=")[1], "overrides": (o,)} for o in variants)
+    config.ablation.blocks.reference = "conv"
+  return config
+
+
+def test_ablation_trains_every_variant_and_seed_and_reports_them(data_dir, tmp_path):
+  report = ablate.run(tiny(data_dir), str(tmp_path))
+  rows = report["tables"][0]["rows"]
+  assert [r["label"] for r in rows] == ["conv", "factorized"]
+  for row in rows:
+    runs = [metrics.read(str(tmp_path / "runs" / "blocks" / row["label"] / f"seed_{s}"))[-1] for s in (0, 1)]
+    accuracies = [r["test_accuracy"] for r in runs]
+    assert row["test_accuracy"]["values"] == accuracies
+    assert row["test_accuracy"]["mean"] == pytest.approx(sum(accuracies) / 2)
+    assert row["test_accuracy"]["min"] <= row["test_accuracy"]["mean"] <= row["test_accuracy"]["max"]
+    assert row["step_seconds"]["n"] >= 5 and row["step_seconds"]["min"] <= row["step_seconds"]["median"]
+  assert rows[0]["ratio"] == {"params": 1.0, "train_step_flops": 1.0, "step_seconds": 1.0}
+  # cnn widths (8, 16) on 8x8x1, mid = min(cin, cout): conv 3x3 layers vs the 3x1+1x3 pairs; same dense head.
+  head = (2 * 2 * 16 * 32 + 32) + (32 * 10 + 10)
+  assert rows[0]["params"] == (9 * 8 + 8) + (9 * 8 * 16 + 16) + head
+  assert rows[1]["params"] == (3 + 1 + 3 * 8 + 8) + (3 * 8 * 8 + 8 + 3 * 8 * 16 + 16) + head
+  assert rows[1]["ratio"]["train_step_flops"] < 1.0
+  assert json.load(open(tmp_path / "ablations.json"))["tables"][0]["rows"][1]["label"] == "factorized"
+  table = (tmp_path / "blocks.md").read_text()
+  assert "| factorized |" in table and "± " in table
+  assert Image.open(tmp_path / "blocks.png").size[0] > 500
+
+
+def test_rerun_resumes_finished_runs_with_identical_accuracy(data_dir, tmp_path):
+  config = tiny(data_dir, variants=("model.block=conv",))
+  first = ablate.run(config, str(tmp_path))["tables"][0]["rows"][0]["test_accuracy"]
+  second = ablate.run(config, str(tmp_path))["tables"][0]["rows"][0]["test_accuracy"]
+  assert first == second
+
+
+def test_bad_variant_fails_before_anything_trains(data_dir, tmp_path):
+  config = tiny(data_dir, variants=("model.block=conv", "model.block=fourier"))
+  with pytest.raises(UserError, match="variant 'fourier'.*config.model.block: unknown block 'fourier'"):
+    ablate.run(config, str(tmp_path))
+  assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_reference_names_the_key(data_dir, tmp_path):
+  config = tiny(data_dir)
+  with config.ablation.blocks.unlocked():
+    config.ablation.blocks.reference = "3x3"
+  with pytest.raises(UserError, match="config.ablation.blocks.reference"):
+    ablate.run(config, str(tmp_path))
+
+
+def test_cli_reports_a_bad_override_in_one_line(tmp_path):
+  result = run_cli("ablate", f"--out={tmp_path}", "--config.ablation.seeds=(-1,)")
+  assert result.returncode == 2 and result.stderr.strip().startswith("error: config.ablation.seeds:")
