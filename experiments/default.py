@@ -16,7 +16,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.eval_batch_size = 128
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = "cnn"
+  config.model.name = "cnn"  # cnn | resnet | inception (research/models.py).
+  config.model.widths = (32, 64)  # One block + 2x2 average pool per width.
+  config.model.hidden = 256  # Width of the dense head's hidden layer.
+  config.model.block = "conv"  # What every KxK conv is: conv | factorized | bottleneck | separable | pointwise.
+  config.model.kernel_size = 3
+  config.model.padding = "SAME"  # SAME | VALID.
+  config.model.activation = "relu"  # sigmoid | tanh | relu | leaky_relu | elu | gelu | silu | identity.
+  config.model.negative_slope = 0.01  # leaky_relu's slope below zero.
+  config.model.norm = False  # BatchNorm after every convolution.
+  config.model.head = "dense"  # dense (flatten -> hidden -> classes) | gap (1x1 conv -> global average pool).
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adam"
@@ -28,6 +37,11 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.train = ml_collections.ConfigDict()
   config.train.num_epochs = 20
+  # Checkpoints: saved every N epochs and/or every N steps (0: off); the last step is always saved.
   config.train.checkpoint_every_epochs = 1
-  config.train.keep_checkpoints = 3
+  config.train.checkpoint_every_steps = 0
+  config.train.keep_checkpoints = 3  # The newest N are kept,
+  config.train.keep_best = 1  # and also the best N (0: none) by best_metric, a metrics.jsonl field,
+  config.train.best_metric = "test_accuracy"
+  config.train.best_mode = "max"  # whose largest ("max") or smallest ("min") value is best.
   return config

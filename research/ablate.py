@@ -3,8 +3,8 @@
 An ablation config (`experiments/ablations.py`) names a base experiment, the seeds, and tables of
 variants; a variant is a label and config overrides on the base (`model.block=factorized`). For every
 variant and seed the base trains in `<out>/runs/<table>/<variant>/seed_<s>` (so an interrupted ablation
-resumes where it stopped), and for every variant `research.cost.bench` measures the train step with the
-one timing harness. Each table row reports
+resumes where it stopped); then the variants' train steps (`research.cost.train_step_call`) are timed
+with the one harness, taking turns (`research.timing.measure_interleaved`). Each table row reports
   test accuracy   final-epoch mean, sample standard deviation, min and max over the seeds
   params          trainable parameters
   FLOPs           analytic FLOPs of one train step at the base batch size (research.flops)
@@ -87,9 +87,10 @@ def _ratio(a: float, b: float) -> float | None:
 
 def run_table(config: ml_collections.ConfigDict, name: str, table: ml_collections.ConfigDict, out: str,
               bar: tqdm.tqdm) -> dict:
-  """Trains and benches every variant of one table; returns its rows (see the module docstring)."""
-  from research import cost, train  # pylint: disable=g-import-not-at-top
-  rows = []
+  """Trains every variant of one table over the seeds, then times their train steps taking turns
+  (`timing.measure_interleaved`, so load on a shared machine falls on all alike); returns the rows."""
+  from research import cost, timing, train  # pylint: disable=g-import-not-at-top
+  rows, calls = [], {}
   for variant in table.variants:
     accuracies = []
     for seed in config.ablation.seeds:
@@ -100,11 +101,15 @@ def run_table(config: ml_collections.ConfigDict, name: str, table: ml_collection
         record = train.train_and_evaluate(run_config, workdir)
       accuracies.append(record["test_accuracy"])
       bar.update()
-    bench = cost.bench(variant_config(config.ablation, variant, config.ablation.seeds[0]),
-                       warmup=config.ablation.warmup, repeats=config.ablation.repeats)
+    call = cost.train_step_call(variant_config(config.ablation, variant, config.ablation.seeds[0]))
+    calls[variant["label"]] = (call.fn, call.args)
     rows.append({"label": variant["label"], "overrides": list(variant["overrides"]),
-                 "test_accuracy": _summary(accuracies), "params": bench["params"],
-                 "train_step_flops": bench["train_step_flops"], "step_seconds": bench["seconds"]})
+                 "test_accuracy": _summary(accuracies), "params": call.params,
+                 "train_step_flops": call.train_step_flops})
+  bar.set_postfix_str(f"{name}: timing the train steps")
+  seconds = timing.measure_interleaved(calls, warmup=config.ablation.warmup, repeats=config.ablation.repeats)
+  for row in rows:
+    row["step_seconds"] = seconds[row["label"]].to_dict()
   reference = next(r for r in rows if r["label"] == table.reference)
   for row in rows:
     row["ratio"] = {"params": _ratio(row["params"], reference["params"]),

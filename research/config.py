@@ -8,6 +8,7 @@ import ast
 import importlib.util
 import json
 import os
+import sys
 from typing import Any, Callable, Iterable
 
 import ml_collections
@@ -17,9 +18,16 @@ from research.errors import ConfigError, UserError
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
-  """`get_config()` of the experiment file at `path`, locked so that unknown keys are refused."""
+  """`get_config()` of the experiment file at `path`, locked so that unknown keys are refused.
+
+  An experiment may build on another one as `from experiments import default`: the folder above the
+  file's folder is put on `sys.path`.
+  """
   if not os.path.isfile(path):
     raise UserError(f"config file {path!r} does not exist; experiments live in experiments/*.py")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+  if root not in sys.path:
+    sys.path.append(root)
   spec = importlib.util.spec_from_file_location(f"experiment_{os.path.basename(path)[:-3]}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -102,8 +110,13 @@ CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("optimizer.learning_rate", _positive_number, "a positive number"),
     ("schedule.name", lambda v: isinstance(v, str), "a schedule name"),
     ("train.num_epochs", _positive_int, "a positive integer"),
-    ("train.checkpoint_every_epochs", _positive_int, "a positive integer"),
+    ("train.checkpoint_every_epochs", lambda v: _is_int(v) and v >= 0, "a non-negative integer (0: off)"),
+    ("train.checkpoint_every_steps", lambda v: _is_int(v) and v >= 0, "a non-negative integer (0: off)"),
     ("train.keep_checkpoints", _positive_int, "a positive integer"),
+    ("train.keep_best", lambda v: _is_int(v) and v >= 0, "a non-negative integer (0: keep no best)"),
+    ("train.best_metric", lambda v: v in ("test_accuracy", "test_loss", "train_accuracy", "train_loss"),
+     "one of test_accuracy, test_loss, train_accuracy, train_loss"),
+    ("train.best_mode", lambda v: v in ("max", "min"), "'max' or 'min'"),
 ]
 
 

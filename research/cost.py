@@ -415,25 +415,41 @@ def run(config: ml_collections.ConfigDict) -> dict:
 # Throughput.
 
 
-def bench(config: ml_collections.ConfigDict, warmup: int = 3, repeats: int = 10) -> dict:
-  """Training-step throughput of the config's model and optimizer at its batch size (`BENCH_SCHEMA`).
+@dataclasses.dataclass
+class StepCall:
+  """A config's jitted train step and its arguments, ready to time, with its analytic cost."""
 
-  The step is `research.train.train_step`, jitted without donating the state (the harness reuses its
-  arguments), on one random batch of the dataset's shape, so data loading is not timed.
-  """
+  fn: Callable[..., Any]
+  args: tuple
+  params: int
+  train_step_flops: int
+  input_shape: tuple[int, ...]
+
+
+def train_step_call(config: ml_collections.ConfigDict) -> StepCall:
+  """`research.train.train_step` for the config's model and optimizer, jitted without donating the state
+  (the harness reuses its arguments), on one random batch of the dataset's shape (no data loading)."""
+  from research import train  # pylint: disable=g-import-not-at-top
+  setup = model_setup(config)
+  found = flops.layers(setup.model, setup.batch["image"], input_grad=False, train=False)
+  params = flops.param_count({"params": setup.state.params})
+  step_flops = flops.totals(found, params, flops.optimizer_flops(
+      config.optimizer.name, params, config.optimizer.get("momentum"))).train_step_flops
+  return StepCall(jax.jit(train.train_step), (setup.state, setup.batch), params, step_flops, setup.input_shape)
+
+
+def bench(config: ml_collections.ConfigDict, warmup: int = 3, repeats: int = 10) -> dict:
+  """Training-step throughput of the config's model and optimizer at its batch size (`BENCH_SCHEMA`)."""
   if warmup < 1 or repeats < timing.MIN_REPEATS:
     raise UserError(f"bench needs --warmup >= 1 and --repeats >= {timing.MIN_REPEATS}, got {warmup} and {repeats}")
-  setup = model_setup(config)
-  subject = model_subject(config, setup)
-  step, args = subject.passes["train_step"]
-  seconds = timing.measure(jax.jit(step), *args, warmup=warmup, repeats=repeats)
-  params, step_flops = subject.totals.params, subject.totals.train_step_flops
+  call = train_step_call(config)
+  seconds = timing.measure(call.fn, *call.args, warmup=warmup, repeats=repeats)
   batch = config.data.batch_size
   return {"schema": "convlab.bench/1", "environment": _environment(), "model": config.model.name,
-          "optimizer": config.optimizer.name, "batch_size": batch, "input_shape": list(setup.input_shape),
-          "params": params, "train_step_flops": step_flops, "seconds": seconds.to_dict(),
+          "optimizer": config.optimizer.name, "batch_size": batch, "input_shape": list(call.input_shape),
+          "params": call.params, "train_step_flops": call.train_step_flops, "seconds": seconds.to_dict(),
           "steps_per_second": 1.0 / seconds.median, "examples_per_second": batch / seconds.median,
-          "flops_per_second": step_flops / seconds.median}
+          "flops_per_second": call.train_step_flops / seconds.median}
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -19,3 +19,11 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
   """A checkpoint or workdir is missing, corrupt, locked or incompatible."""
+
+
+class TrainingDiverged(UserError):
+  """The loss or the parameters stopped being finite; names the step and the last good checkpoint."""
+
+
+class Interrupted(UserError):
+  """SIGTERM stopped the run after it saved a checkpoint; rerunning the same command resumes it."""

@@ -16,7 +16,8 @@ def _checkpoint_steps(workdir) -> list[int]:
   return sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
 
 
-def test_training_writes_metrics_config_tensorboard_and_keeps_the_last_three_checkpoints(make_config, tmp_path):
+def test_training_writes_metrics_config_tensorboard_and_keeps_the_last_three_and_the_best_checkpoints(
+    make_config, tmp_path):
   config = make_config("train.num_epochs=5", "model.name='cnn'")
   record = train.train_and_evaluate(config, str(tmp_path))
   records = metrics.read(str(tmp_path))
@@ -26,7 +27,8 @@ def test_training_writes_metrics_config_tensorboard_and_keeps_the_last_three_che
   assert records[-1]["train_loss"] < records[0]["train_loss"]
   assert json.load(open(tmp_path / "config.json")) == json.loads(config.to_json())
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
-  assert _checkpoint_steps(tmp_path) == [132, 176, 220]
+  best = max(records, key=lambda r: (r["test_accuracy"], r["step"]))["step"]  # Ties: the later step.
+  assert _checkpoint_steps(tmp_path) == sorted({132, 176, 220, best})
 
 
 def test_same_config_and_seed_give_identical_metrics(make_config, tmp_path):
