@@ -77,18 +77,23 @@ def _norm(x: jnp.ndarray, enabled: bool, train: bool) -> jnp.ndarray:
   return nn.BatchNorm(use_running_average=not train, momentum=0.9)(x) if enabled else x
 
 
-@BLOCKS.register("conv")
-class ConvBlock(nn.Module):
-  """Full KxK (KxKxK in 3-d) convolution -> [BatchNorm] -> activation."""
+class SpatialBlock(nn.Module):
+  """Fields every block with a KxK window shares (see the module docstring)."""
 
   features: int
   kernel_size: IntOrSeq = 3
   strides: IntOrSeq = 1
   padding: shapes.Padding = "SAME"
   dilation: IntOrSeq = 1
-  groups: int = 1
   activation: Activation = nn.relu
   norm: bool = False
+
+
+@BLOCKS.register("conv")
+class ConvBlock(SpatialBlock):
+  """Full KxK (KxKxK in 3-d) convolution -> [BatchNorm] -> activation."""
+
+  groups: int = 1
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
@@ -103,7 +108,7 @@ def _along(value: Any, axis: int, ndim: int, rest: Any) -> tuple:
 
 
 @BLOCKS.register("factorized")
-class Factorized(nn.Module):
+class Factorized(SpatialBlock):
   """Asymmetric factorization (Inception-v3): Kx1 -> 1xK in 2-d (one 1-d conv per spatial axis in general).
 
   Axis i's convolution carries axis i's kernel size, stride, dilation and padding. The intermediate maps
@@ -113,13 +118,6 @@ class Factorized(nn.Module):
   `norm`, BatchNorm. Then [BatchNorm] -> activation.
   """
 
-  features: int
-  kernel_size: IntOrSeq = 3
-  strides: IntOrSeq = 1
-  padding: shapes.Padding = "SAME"
-  dilation: IntOrSeq = 1
-  activation: Activation = nn.relu
-  norm: bool = False
   mid_features: Optional[int] = None
   mid_activation: Optional[Activation] = None
 
@@ -161,20 +159,13 @@ class Pointwise(nn.Module):
 
 
 @BLOCKS.register("bottleneck")
-class Bottleneck(nn.Module):
+class Bottleneck(SpatialBlock):
   """1x1 reduce to `mid_features` -> act -> KxK (`inner` block) -> act -> 1x1 expand to `features` [+ x] -> act.
 
   `mid_features` defaults to `max(1, features // reduction)` (ResNet's 4). With `residual`, the input is
   added before the last activation, through a strided 1x1 projection when the shapes differ.
   """
 
-  features: int
-  kernel_size: IntOrSeq = 3
-  strides: IntOrSeq = 1
-  padding: shapes.Padding = "SAME"
-  dilation: IntOrSeq = 1
-  activation: Activation = nn.relu
-  norm: bool = False
   mid_features: Optional[int] = None
   reduction: int = 4
   inner: str = "conv"
@@ -201,17 +192,10 @@ class Bottleneck(nn.Module):
 
 
 @BLOCKS.register("separable")
-class Separable(nn.Module):
+class Separable(SpatialBlock):
   """Depthwise KxK (`groups = c_in`, `depth_multiplier` filters per channel) -> [mid_activation] -> 1x1
   pointwise to `features` -> [BatchNorm] -> activation (MobileNet / Xception)."""
 
-  features: int
-  kernel_size: IntOrSeq = 3
-  strides: IntOrSeq = 1
-  padding: shapes.Padding = "SAME"
-  dilation: IntOrSeq = 1
-  activation: Activation = nn.relu
-  norm: bool = False
   depth_multiplier: int = 1
   mid_activation: Optional[Activation] = None
 
