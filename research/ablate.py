@@ -2,9 +2,10 @@
 
 An ablation config (`experiments/ablations.py`) names a base experiment, the seeds, and tables of
 variants; a variant is a label and config overrides on the base (`model.block=factorized`). For every
-variant and seed the base trains in `<out>/runs/<table>/<variant>/seed_<s>` (so an interrupted ablation
-resumes where it stopped); then the variants' train steps (`research.cost.train_step_call`) are timed
-with the one harness, taking turns (`research.timing.measure_interleaved`). Each table row reports
+variant and seed the base trains in `<out>/runs/<table>/<variant>/seed_<s>` (a run that finished with the
+same config is read back, not rerun; an interrupted one resumes from its checkpoint); then the variants'
+train steps (`research.cost.train_step_call`) are timed with the one harness, taking turns
+(`research.timing.measure_interleaved`). Each table row reports
   test accuracy   final-epoch mean, sample standard deviation, min and max over the seeds
   params          trainable parameters
   FLOPs           analytic FLOPs of one train step at the base batch size (research.flops)
@@ -24,7 +25,7 @@ import statistics
 import ml_collections
 import tqdm
 
-from research import config as config_lib
+from research import config as config_lib, metrics
 from research.errors import ConfigError, UserError
 
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments")
@@ -76,6 +77,19 @@ def check(config: ml_collections.ConfigDict) -> None:
         raise UserError(f"ablation table {name!r}, variant {variant['label']!r}: {e}") from None
 
 
+def _finished(run_config: ml_collections.ConfigDict, workdir: str) -> dict | None:
+  """The last record of a run in `workdir` that finished with exactly this config, else None."""
+  try:
+    with open(os.path.join(workdir, "config.json")) as f:
+      same = f.read() == config_lib.to_json(run_config)
+  except OSError:
+    return None
+  records = metrics.read(workdir)
+  if same and records and records[-1]["epoch"] == run_config.train.num_epochs:
+    return records[-1]
+  return None
+
+
 def _summary(values: list[float]) -> dict:
   return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
           "min": min(values), "max": max(values), "n": len(values), "values": values}
@@ -97,8 +111,10 @@ def run_table(config: ml_collections.ConfigDict, name: str, table: ml_collection
       run_config = variant_config(config.ablation, variant, seed)
       workdir = os.path.join(out, "runs", name, _slug(variant["label"]), f"seed_{seed}")
       bar.set_postfix_str(f"{name}: {variant['label']}, seed {seed}")
-      with contextlib.redirect_stdout(io.StringIO()):
-        record = train.train_and_evaluate(run_config, workdir)
+      record = _finished(run_config, workdir)
+      if record is None:
+        with contextlib.redirect_stdout(io.StringIO()):
+          record = train.train_and_evaluate(run_config, workdir)
       accuracies.append(record["test_accuracy"])
       bar.update()
     call = cost.train_step_call(variant_config(config.ablation, variant, config.ablation.seeds[0]))

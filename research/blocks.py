@@ -225,15 +225,16 @@ def make_block(name: str, features: int, key: str = "model.block", **kwargs) -> 
 
 @HEADS.register("dense")
 class DenseHead(nn.Module):
-  """Flatten -> dense `hidden` -> relu -> dense `num_classes`: `[b, *s, c]` -> logits `[b, num_classes]`."""
+  """Flatten -> dense `hidden` -> activation -> dense `num_classes`: `[b, *s, c]` -> logits `[b, num_classes]`."""
 
   num_classes: int
   hidden: int = 256
+  activation: Activation = nn.relu
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
     x = x.reshape((x.shape[0], -1))
-    x = nn.relu(nn.Dense(self.hidden)(x))
+    x = self.activation(nn.Dense(self.hidden)(x))
     return nn.Dense(self.num_classes)(x)
 
 

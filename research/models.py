@@ -3,8 +3,9 @@
 
 Every model takes the same block fields: `block` (the name of the block every KxK convolution is built
 as: conv, factorized, bottleneck, separable or pointwise), `kernel_size`, `padding`, `activation` (a name
-in `activations.ACTIVATIONS`), `negative_slope` (leaky_relu's) and `norm` (BatchNorm). So one config value
-(`--config.model.block=factorized`) swaps every KxK convolution of a model for its factorized form.
+in `activations.ACTIVATIONS`, used everywhere, the dense head included), `negative_slope` (leaky_relu's)
+and `norm` (BatchNorm). So one config value (`--config.model.block=factorized`) swaps every KxK
+convolution of a model for its factorized form.
 
 `build_model(config.model, num_classes, input_shape)` is the one place a model config becomes a module;
 it rejects an unknown or impossible configuration with a `ConfigError` naming the key, by tracing the
@@ -51,7 +52,8 @@ class BlockFields(nn.Module):
                              activation=self.act(), norm=self.norm)
 
   def classify(self, x: jnp.ndarray) -> jnp.ndarray:
-    return make(HEADS, self.head, "model.head", num_classes=self.num_classes, hidden=self.hidden)(x)
+    return make(HEADS, self.head, "model.head", num_classes=self.num_classes, hidden=self.hidden,
+                activation=self.act())(x)
 
 
 def _identity(x):

@@ -351,8 +351,9 @@ def _train(config: ml_collections.ConfigDict, plan: Plan, workdir: str, sigterm:
     manager.close()
     blocked += time.perf_counter() - waited
   elapsed = time.perf_counter() - loop_started
-  _log(f"Checkpointing: {saves} saves blocked training for {blocked:.2f} s of {elapsed:.2f} s "
-       f"({100 * blocked / max(elapsed, 1e-9):.1f}%).")
+  if saves:
+    _log(f"Checkpointing: {saves} saves blocked training for {blocked:.2f} s of {elapsed:.2f} s "
+         f"({100 * blocked / max(elapsed, 1e-9):.1f}%).")
   _log(f"Done: test_accuracy {100 * record.get('test_accuracy', float('nan')):.2f}% after "
        f"{record.get('epoch', 0)} epochs. Results in {workdir} (metrics.jsonl, tensorboard/, checkpoints/, "
        "config.json).")

@@ -25,8 +25,15 @@ def tiny(data_dir, variants=("model.block=conv", "model.block=factorized")):
   return config
 
 
-def test_ablation_trains_every_variant_and_seed_and_reports_them(data_dir, tmp_path):
-  report = ablate.run(tiny(data_dir), str(tmp_path))
+@pytest.fixture(scope="module")
+def ablation(data_dir, tmp_path_factory):
+  """(config, out folder, report) of one tiny ablation: 2 variants x 2 seeds x 1 epoch."""
+  config, out = tiny(data_dir), tmp_path_factory.mktemp("ablation")
+  return config, out, ablate.run(config, str(out))
+
+
+def test_ablation_trains_every_variant_and_seed_and_reports_them(ablation):
+  _, tmp_path, report = ablation
   rows = report["tables"][0]["rows"]
   assert [r["label"] for r in rows] == ["conv", "factorized"]
   for row in rows:
@@ -48,11 +55,11 @@ def test_ablation_trains_every_variant_and_seed_and_reports_them(data_dir, tmp_p
   assert Image.open(tmp_path / "blocks.png").size[0] > 500
 
 
-def test_rerun_resumes_finished_runs_with_identical_accuracy(data_dir, tmp_path):
-  config = tiny(data_dir, variants=("model.block=conv",))
-  first = ablate.run(config, str(tmp_path))["tables"][0]["rows"][0]["test_accuracy"]
-  second = ablate.run(config, str(tmp_path))["tables"][0]["rows"][0]["test_accuracy"]
-  assert first == second
+def test_rerun_reads_back_finished_runs_with_identical_accuracy(ablation):
+  config, out, report = ablation
+  again = ablate.run(config, str(out))
+  assert [r["test_accuracy"] for r in again["tables"][0]["rows"]] == [
+      r["test_accuracy"] for r in report["tables"][0]["rows"]]
 
 
 def test_bad_variant_fails_before_anything_trains(data_dir, tmp_path):
