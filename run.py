@@ -9,11 +9,17 @@ DEFAULT_WORKDIR = os.path.join("workdirs", "default")
 COST_CONFIG = os.path.join(os.path.dirname(DEFAULT_CONFIG), "cost_blocks.py")
 
 
-def _train(args, overrides):
-  from research import config as config_lib, train  # pylint: disable=g-import-not-at-top
+def _config(args, overrides):
+  """The experiment at `--config` with the `--config.KEY=VALUE` overrides applied."""
+  from research import config as config_lib  # pylint: disable=g-import-not-at-top
   config = config_lib.load_config(args.config)
   config_lib.apply_overrides(config, overrides)
-  train.train_and_evaluate(config, args.workdir)
+  return config
+
+
+def _train(args, overrides):
+  from research import train  # pylint: disable=g-import-not-at-top
+  train.train_and_evaluate(_config(args, overrides), args.workdir)
 
 
 def _eval(args, overrides):
@@ -30,27 +36,21 @@ def _filters(args, overrides):
 
 def _cost(args, overrides):
   import json  # pylint: disable=g-import-not-at-top
-  from research import config as config_lib, cost  # pylint: disable=g-import-not-at-top
-  config = config_lib.load_config(args.config)
-  config_lib.apply_overrides(config, overrides)
-  report = cost.run(config)
+  from research import cost  # pylint: disable=g-import-not-at-top
+  report = cost.run(_config(args, overrides))
   print(json.dumps(report, indent=1) if args.json else cost.format_report(report))
 
 
 def _bench(args, overrides):
   import json  # pylint: disable=g-import-not-at-top
-  from research import config as config_lib, cost  # pylint: disable=g-import-not-at-top
-  config = config_lib.load_config(args.config)
-  config_lib.apply_overrides(config, overrides)
-  result = cost.bench(config, warmup=args.warmup, repeats=args.repeats)
+  from research import cost  # pylint: disable=g-import-not-at-top
+  result = cost.bench(_config(args, overrides), warmup=args.warmup, repeats=args.repeats)
   print(json.dumps(result, indent=1) if args.json else cost.format_bench(result))
 
 
 def _ablate(args, overrides):
-  from research import ablate, config as config_lib  # pylint: disable=g-import-not-at-top
-  config = config_lib.load_config(args.config)
-  config_lib.apply_overrides(config, overrides)
-  print(ablate.describe(ablate.run(config, args.out), args.out))
+  from research import ablate  # pylint: disable=g-import-not-at-top
+  print(ablate.describe(ablate.run(_config(args, overrides), args.out), args.out))
 
 
 def parser() -> argparse.ArgumentParser:
