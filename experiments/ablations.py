@@ -1,7 +1,7 @@
 """The README's ablation tables: `python run.py ablate --config=experiments/ablations.py`.
 
-The default experiment (reference CNN, embedded digits, 20 epochs) with every KxK convolution swapped for
-another block, and with each activation, over three seeds.
+The default experiment (reference CNN, embedded digits, 20 epochs) with every KxK convolution
+swapped for another block, and with each activation, over three seeds.
 """
 
 import ml_collections
@@ -13,7 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.ablation.base = "default.py"  # Under experiments/.
   config.ablation.overrides = ()  # Applied to every run, e.g. ("train.num_epochs=5",).
   config.ablation.seeds = (0, 1, 2)
-  config.ablation.warmup = 3  # Untimed train steps before timing (research.timing).
+  config.ablation.warmup = 3  # Untimed train steps before timing (research.measure.timing).
   config.ablation.repeats = 20  # Timed train steps per variant.
   config.ablation.tables = ("blocks", "activations")
 
@@ -21,17 +21,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.ablation.blocks.title = "every 3x3 conv of the reference CNN swapped for another block"
   config.ablation.blocks.reference = "3x3"
   config.ablation.blocks.variants = (
-      {"label": "3x3", "overrides": ("model.block=conv",)},
-      {"label": "3x1+1x3", "overrides": ("model.block=factorized",)},
-      {"label": "1x1 bottleneck", "overrides": ("model.block=bottleneck",)},
-      {"label": "separable", "overrides": ("model.block=separable",)},
-      {"label": "1x1 only", "overrides": ("model.block=pointwise",)},
+    {"label": "3x3", "overrides": ("model.block=conv",)},
+    {"label": "3x1+1x3", "overrides": ("model.block=factorized",)},
+    {"label": "1x1 bottleneck", "overrides": ("model.block=bottleneck",)},
+    {"label": "separable", "overrides": ("model.block=separable",)},
+    {"label": "1x1 only", "overrides": ("model.block=pointwise",)},
   )
 
   config.ablation.activations = ml_collections.ConfigDict()
   config.ablation.activations.title = "the reference CNN with each activation"
   config.ablation.activations.reference = "relu"
   config.ablation.activations.variants = tuple(
-      {"label": name, "overrides": (f"model.activation={name}",)}
-      for name in ("relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid", "identity"))
+    {"label": name, "overrides": (f"model.activation={name}",)}
+    for name in ("relu", "leaky_relu", "elu", "gelu", "silu", "tanh", "sigmoid", "identity")
+  )
   return config

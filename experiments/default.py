@@ -9,8 +9,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.data = ml_collections.ConfigDict()
-  config.data.name = "sklearn_digits"  # Or any TFDS image-classification dataset: mnist, cifar10, ...
-  config.data.data_dir = config_dict.placeholder(str)  # None: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+  config.data.name = (
+    "sklearn_digits"  # Or any TFDS image-classification dataset: mnist, cifar10, ...
+  )
+  config.data.data_dir = config_dict.placeholder(
+    str
+  )  # None: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
   config.data.download = False  # Named TFDS datasets download only when asked (needs network).
   config.data.batch_size = 32
   config.data.eval_batch_size = 128
@@ -19,13 +23,19 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.name = "cnn"  # cnn | resnet | inception (research/models.py).
   config.model.widths = (32, 64)  # One block + 2x2 average pool per width.
   config.model.hidden = 256  # Width of the dense head's hidden layer.
-  config.model.block = "conv"  # What every KxK conv is: conv | factorized | bottleneck | separable | pointwise.
+  config.model.block = (
+    "conv"  # What every KxK conv is: conv | factorized | bottleneck | separable | pointwise.
+  )
   config.model.kernel_size = 3
   config.model.padding = "SAME"  # SAME | VALID.
-  config.model.activation = "relu"  # sigmoid | tanh | relu | leaky_relu | elu | gelu | silu | identity.
+  config.model.activation = (
+    "relu"  # sigmoid | tanh | relu | leaky_relu | elu | gelu | silu | identity.
+  )
   config.model.negative_slope = 0.01  # leaky_relu's slope below zero.
   config.model.norm = False  # BatchNorm after every convolution.
-  config.model.head = "dense"  # dense (flatten -> hidden -> classes) | gap (1x1 conv -> global average pool).
+  config.model.head = (
+    "dense"  # dense (flatten -> hidden -> classes) | gap (1x1 conv -> global average pool).
+  )
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adam"

@@ -1,4 +1,5 @@
-"""A small Inception network (stem + two Inception modules, BatchNorm, global-average-pool head) on the digits."""
+"""A small Inception network (stem + two Inception modules, BatchNorm, global-average-pool head)
+on the digits."""
 
 import ml_collections
 

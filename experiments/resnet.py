@@ -1,4 +1,5 @@
-"""A small ResNet (two stages of two residual blocks, BatchNorm, global-average-pool head) on the digits."""
+"""A small ResNet (two stages of two residual blocks, BatchNorm, global-average-pool head)
+on the digits."""
 
 import ml_collections
 

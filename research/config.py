@@ -9,10 +9,10 @@ import importlib.util
 import json
 import os
 import sys
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import ml_collections
-from ml_collections import config_dict
 
 from research.errors import ConfigError, UserError
 
@@ -48,75 +48,87 @@ def _parse(text: str) -> Any:
     return text
 
 
-def _expected_type(parent: ml_collections.ConfigDict, leaf: str) -> type | None:
-  field = parent._fields[leaf]  # pylint: disable=protected-access
-  if isinstance(field, config_dict.FieldReference):
-    return field.get_type()
-  return None if field is None else type(field)
-
-
-def _coerce(key: str, value: Any, expected: type | None) -> Any:
-  if expected is None or value is None:
-    return value
-  if expected is float and isinstance(value, int) and not isinstance(value, bool):
-    return float(value)
-  if expected is tuple and isinstance(value, (list, tuple)):
-    return tuple(value)
-  if expected in (int, float) and isinstance(value, bool) or not isinstance(value, expected):
-    raise ConfigError(key, f"expects {expected.__name__}, got {value!r} ({type(value).__name__})")
-  return value
-
-
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> None:
-  """Sets each `KEY=VALUE` (dotted key under `config`), checking the key exists and the type matches."""
+  """Sets each `KEY=VALUE` (dotted key under `config`).
+
+  `ml_collections.ConfigDict` refuses values of another type (it casts int to float and list to
+  tuple); this turns its refusal into a `ConfigError` naming the key, and names the missing key or
+  section of an unknown one. It also refuses a bool where a number belongs, which ConfigDict takes.
+  """
   for item in overrides:
     key, sep, text = item.partition("=")
     if not sep or not key:
       raise UserError(f"override {item!r} is not of the form --config.KEY=VALUE")
+    value = _parse(text)
     *path, leaf = key.split(".")
     parent = config
     for depth, part in enumerate(path):
       parent = parent.get(part) if isinstance(parent, ml_collections.ConfigDict) else None
       if not isinstance(parent, ml_collections.ConfigDict):
-        raise ConfigError(".".join(path[:depth + 1]), "no such section in this config")
+        raise ConfigError(".".join(path[: depth + 1]), "no such section in this config")
     if leaf not in parent:
       raise ConfigError(key, f"no such key; this section has: {', '.join(sorted(parent.keys()))}")
-    if isinstance(parent[leaf], ml_collections.ConfigDict):
+    current = parent[leaf]
+    if isinstance(current, ml_collections.ConfigDict):
       raise ConfigError(key, "is a section; set one of its keys instead")
-    with parent.unlocked():
-      setattr(parent, leaf, _coerce(key, _parse(text), _expected_type(parent, leaf)))
+    expected = parent.get_ref(leaf).get_type().__name__
+    if isinstance(value, bool) and is_number(current):
+      raise ConfigError(key, f"expects {expected}, got {value!r} (bool)")
+    try:
+      config.update_from_flattened_dict({key: value})
+    except TypeError:
+      raise ConfigError(
+        key, f"expects {expected}, got {value!r} ({type(value).__name__})"
+      ) from None
 
 
-def _is_int(v):
+def is_int(v: Any) -> bool:
+  """An int that is not a bool."""
   return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _positive_int(v):
-  return _is_int(v) and v > 0
+def is_number(v: Any) -> bool:
+  """An int or float that is not a bool."""
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def positive_int(v: Any) -> bool:
+  return is_int(v) and v > 0
 
 
 def _positive_number(v):
-  return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+  return is_number(v) and v > 0
 
 
 # (key, predicate, what a valid value is). Model fields are checked when the model is built.
 CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
-    ("seed", lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
-    ("data.name", lambda v: isinstance(v, str) and v != "", "a TFDS dataset name"),
-    ("data.batch_size", _positive_int, "a positive integer"),
-    ("data.eval_batch_size", _positive_int, "a positive integer"),
-    ("model.name", lambda v: isinstance(v, str), "a model name"),
-    ("optimizer.name", lambda v: isinstance(v, str), "an optimizer name"),
-    ("optimizer.learning_rate", _positive_number, "a positive number"),
-    ("schedule.name", lambda v: isinstance(v, str), "a schedule name"),
-    ("train.num_epochs", _positive_int, "a positive integer"),
-    ("train.checkpoint_every_epochs", lambda v: _is_int(v) and v >= 0, "a non-negative integer (0: off)"),
-    ("train.checkpoint_every_steps", lambda v: _is_int(v) and v >= 0, "a non-negative integer (0: off)"),
-    ("train.keep_checkpoints", _positive_int, "a positive integer"),
-    ("train.keep_best", lambda v: _is_int(v) and v >= 0, "a non-negative integer (0: keep no best)"),
-    ("train.best_metric", lambda v: v in ("test_accuracy", "test_loss", "train_accuracy", "train_loss"),
-     "one of test_accuracy, test_loss, train_accuracy, train_loss"),
-    ("train.best_mode", lambda v: v in ("max", "min"), "'max' or 'min'"),
+  ("seed", lambda v: is_int(v) and v >= 0, "a non-negative integer"),
+  ("data.name", lambda v: isinstance(v, str) and v != "", "a TFDS dataset name"),
+  ("data.batch_size", positive_int, "a positive integer"),
+  ("data.eval_batch_size", positive_int, "a positive integer"),
+  ("model.name", lambda v: isinstance(v, str), "a model name"),
+  ("optimizer.name", lambda v: isinstance(v, str), "an optimizer name"),
+  ("optimizer.learning_rate", _positive_number, "a positive number"),
+  ("schedule.name", lambda v: isinstance(v, str), "a schedule name"),
+  ("train.num_epochs", positive_int, "a positive integer"),
+  (
+    "train.checkpoint_every_epochs",
+    lambda v: is_int(v) and v >= 0,
+    "a non-negative integer (0: off)",
+  ),
+  (
+    "train.checkpoint_every_steps",
+    lambda v: is_int(v) and v >= 0,
+    "a non-negative integer (0: off)",
+  ),
+  ("train.keep_checkpoints", positive_int, "a positive integer"),
+  ("train.keep_best", lambda v: is_int(v) and v >= 0, "a non-negative integer (0: keep no best)"),
+  (
+    "train.best_metric",
+    lambda v: v in ("test_accuracy", "test_loss", "train_accuracy", "train_loss"),
+    "one of test_accuracy, test_loss, train_accuracy, train_loss",
+  ),
+  ("train.best_mode", lambda v: v in ("max", "min"), "'max' or 'min'"),
 ]
 
 

@@ -22,7 +22,8 @@ class CheckpointError(UserError):
 
 
 class TrainingDiverged(UserError):
-  """The loss or the parameters stopped being finite; names the step and the last good checkpoint."""
+  """The loss or the parameters stopped being finite;
+  names the step and the last good checkpoint."""
 
 
 class Interrupted(UserError):

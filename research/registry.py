@@ -1,32 +1,21 @@
-"""A registry by name: adding a block, model, optimizer or dataset is a function plus one entry."""
+"""Lookup by name in the project's registries.
 
-from typing import Callable, TypeVar
+A registry is a plain dict from name to object (`nn.blocks.BLOCKS`, `nn.activations.ACTIVATIONS`,
+`nn.models.MODELS`, `training.optim.OPTIMIZERS`, ...): adding an entry is a function or class plus
+one line. `lookup` is the one place an unknown name becomes an error a user can read.
+"""
+
+from collections.abc import Mapping
+from typing import TypeVar
 
 from research.errors import ConfigError
 
 T = TypeVar("T")
 
 
-class Registry(dict):
-  """Maps a name to an object; `lookup` turns an unknown name into a `ConfigError`."""
-
-  def __init__(self, kind: str):
-    super().__init__()
-    self.kind = kind
-
-  def register(self, name: str) -> Callable[[T], T]:
-    """Decorator: `@REG.register("relu")` stores the decorated object under `name`."""
-
-    def add(obj: T) -> T:
-      if name in self:
-        raise ValueError(f"{self.kind} {name!r} is registered twice")
-      self[name] = obj
-      return obj
-
-    return add
-
-  def lookup(self, name: str, key: str):
-    """The object under `name`; `key` is the config key that chose it (for the error)."""
-    if name not in self:
-      raise ConfigError(key, f"unknown {self.kind} {name!r}; choose one of: {', '.join(sorted(self))}")
-    return self[name]
+def lookup(registry: Mapping[str, T], name: str, key: str, kind: str) -> T:
+  """`registry[name]`; an unknown name is a `ConfigError` naming `key` (the config key that chose
+  it) and listing the `kind`s (e.g. "block") there are."""
+  if not isinstance(name, str) or name not in registry:
+    raise ConfigError(key, f"unknown {kind} {name!r}; choose one of: {', '.join(sorted(registry))}")
+  return registry[name]

@@ -1,22 +1,35 @@
-"""Config errors: one clear message naming the key, exit code 2, before anything is compiled or written."""
+"""Config errors: one clear message naming the key, exit code 2, before anything is compiled or
+written."""
 
 import pytest
 
-from conftest import DEFAULT, run_cli
-from research import config as config_lib, optim, train
+from research import config as config_lib
 from research.errors import ConfigError
+from research.training import optim, train
+
+from support import DEFAULT, run_cli
 
 
 def test_override_sets_nested_keys_with_their_types():
   config = config_lib.load_config(DEFAULT)
-  config_lib.apply_overrides(config, ["data.batch_size=64", "optimizer.learning_rate=1", "data.download=true",
-                                      "data.data_dir=/tmp/x", "seed=7"])
+  config_lib.apply_overrides(
+    config,
+    [
+      "data.batch_size=64",
+      "optimizer.learning_rate=1",
+      "data.download=true",
+      "data.data_dir=/tmp/x",
+      "seed=7",
+    ],
+  )
   assert config.data.batch_size == 64 and config.optimizer.learning_rate == 1.0
   assert isinstance(config.optimizer.learning_rate, float)
   assert config.data.download is True and config.data.data_dir == "/tmp/x" and config.seed == 7
 
 
-@pytest.mark.parametrize("override, key, words", [
+@pytest.mark.parametrize(
+  "override, key, words",
+  [
     ("data.batch_sise=64", "data.batch_sise", "no such key"),
     ("dta.batch_size=64", "dta", "no such section"),
     ("data.batch_size=abc", "data.batch_size", "expects int"),
@@ -24,7 +37,8 @@ def test_override_sets_nested_keys_with_their_types():
     ("data.batch_size=True", "data.batch_size", "expects int"),
     ("data.download=3", "data.download", "expects bool"),
     ("data=3", "data", "is a section"),
-])
+  ],
+)
 def test_bad_override_names_the_key(override, key, words):
   config = config_lib.load_config(DEFAULT)
   with pytest.raises(ConfigError) as e:
@@ -32,11 +46,17 @@ def test_bad_override_names_the_key(override, key, words):
   assert e.value.key == key and words in str(e.value)
 
 
-@pytest.mark.parametrize("override, key", [
-    ("data.batch_size=0", "data.batch_size"), ("data.eval_batch_size=-4", "data.eval_batch_size"),
-    ("train.num_epochs=0", "train.num_epochs"), ("optimizer.learning_rate=-0.1", "optimizer.learning_rate"),
-    ("seed=-1", "seed"), ("train.keep_checkpoints=0", "train.keep_checkpoints"),
-])
+@pytest.mark.parametrize(
+  "override, key",
+  [
+    ("data.batch_size=0", "data.batch_size"),
+    ("data.eval_batch_size=-4", "data.eval_batch_size"),
+    ("train.num_epochs=0", "train.num_epochs"),
+    ("optimizer.learning_rate=-0.1", "optimizer.learning_rate"),
+    ("seed=-1", "seed"),
+    ("train.keep_checkpoints=0", "train.keep_checkpoints"),
+  ],
+)
 def test_impossible_value_names_the_key(override, key):
   config = config_lib.load_config(DEFAULT)
   config_lib.apply_overrides(config, [override])
@@ -44,12 +64,18 @@ def test_impossible_value_names_the_key(override, key):
     config_lib.validate(config)
 
 
-@pytest.mark.parametrize("override, key", [
-    ("optimizer.name='adamz'", "optimizer.name"), ("schedule.name='linear'", "schedule.name"),
-    ("model.name='vgg'", "model.name"), ("data.batch_size=5000", "data.batch_size"),
-])
+@pytest.mark.parametrize(
+  "override, key",
+  [
+    ("optimizer.name='adamz'", "optimizer.name"),
+    ("schedule.name='linear'", "schedule.name"),
+    ("model.name='vgg'", "model.name"),
+    ("data.batch_size=5000", "data.batch_size"),
+  ],
+)
 def test_unknown_names_and_impossible_sizes_are_refused_before_the_workdir_is_written(
-    make_config, tmp_path, override, key):
+  make_config, tmp_path, override, key
+):
   workdir = tmp_path / "run"
   with pytest.raises(ConfigError, match=f"^config.{key}: "):
     train.train_and_evaluate(make_config(override), str(workdir))
@@ -60,7 +86,9 @@ def test_unknown_optimizer_argument_names_the_key(make_config):
   config = make_config()
   with config.optimizer.unlocked():
     config.optimizer.momentun = 0.9
-  with pytest.raises(ConfigError, match="^config.optimizer.momentun: 'adam' takes no such argument"):
+  with pytest.raises(
+    ConfigError, match="^config.optimizer.momentun: 'adam' takes no such argument"
+  ):
     optim.build_optimizer(config, total_steps=10, steps_per_epoch=1)
 
 
@@ -75,7 +103,11 @@ def test_cli_reports_a_bad_key_in_one_line_with_exit_code_2_and_writes_nothing(t
 
 def test_cli_reports_a_missing_config_file(tmp_path):
   result = run_cli("train", "--config=experiments/nope.py", f"--workdir={tmp_path}", timeout=120)
-  assert result.returncode == 2 and "experiments/nope.py" in result.stderr and "Traceback" not in result.stderr
+  assert (
+    result.returncode == 2
+    and "experiments/nope.py" in result.stderr
+    and "Traceback" not in result.stderr
+  )
 
 
 def test_cli_help_lists_the_commands():

@@ -1,0 +1,1 @@
+"""Input: TFDS datasets read into memory and batched as pure functions of (seed, epoch)."""

@@ -1,0 +1,92 @@
+"""Cost reports and bench results as text (`run.py cost`, `run.py bench`);
+`--json` prints them as they are."""
+
+PASS_NAMES = {"forward": "forward", "forward_backward": "fwd+bwd", "train_step": "train step"}
+
+
+def _si(value: float | None, unit: str = "") -> str:
+  if value is None:
+    return "-"
+  for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+    if abs(value) >= scale:
+      return f"{value / scale:.3g}{prefix}{unit}"
+  return f"{value:.3g}{unit}"
+
+
+def _x(value: float | None) -> str:
+  return "-" if value is None else f"{value:.3f}"
+
+
+def _ms(seconds: float) -> str:
+  ms = 1e3 * seconds
+  return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}"
+
+
+def _times(seconds: dict) -> str:
+  return f"{_ms(seconds['median'])} [{_ms(seconds['min'])}-{_ms(seconds['max'])}]"
+
+
+def _describe(layer: dict) -> str:
+  window = "x".join(map(str, layer["window"])) or "dense"
+  groups = f" g{layer['groups']}" if layer["groups"] > 1 else ""
+  return f"{layer['path']} {window}{groups} {layer['input_shape'][-1]}->{layer['output_shape'][-1]}"
+
+
+def format_report(report: dict) -> str:
+  """The report as text: per table and setting, one line per (variant, pass), ratios to the
+  reference last with time beside FLOPs; then each variant's layers with their share of the block's
+  forward MACs."""
+  env = report["environment"]
+  lines = [
+    f"cost on {env['device_count']} {env['backend']} device(s) ({env['device']}, "
+    f"{env['cpu_cores']} cores), jax {env['jax']}; times: median [min-max] ms of "
+    f"{report['repeats']} calls after {report['warmup']} warm-up; FLOPs: analytic "
+    "(research.measure.flops), XLA: compiled cost_analysis(); ratios are to the 'vs' row."
+  ]
+  header = (
+    f"{'variant':<22}{'params':>8} {'pass':<11}{'FLOPs':>8}{'XLA FLOPs':>10}"
+    f"{'XLA bytes':>10}{'peak mem':>9}"
+    f"  {'time ms':<22}{'vs':<10}{'params x':>9}{'FLOPs x':>8}{'time x':>8}"
+    f"{'XLA x':>7}{'bytes x':>8}"
+  )
+  for table in report["tables"]:
+    for setting in table["settings"]:
+      shape = "x".join(map(str, setting["input_shape"]))
+      width = "" if setting["width"] is None else f" -> {setting['width']} channels"
+      lines += [
+        "",
+        f"== {table['title']}: batch {setting['batch_size']}, {shape}{width} ==",
+        header,
+      ]
+      for row in setting["rows"]:
+        for i, (name, p) in enumerate(row["passes"].items()):
+          first = i == 0
+          r = p["ratio"]
+          lines.append(
+            f"{row['label'] if first else '':<22}{_si(row['params']) if first else '':>8} "
+            f"{PASS_NAMES[name]:<11}{_si(p['flops']):>8}{_si(p['xla_flops']):>10}"
+            f"{_si(p['xla_bytes'], 'B'):>10}{_si(p['peak_bytes'], 'B'):>9}  "
+            f"{_times(p['seconds']):<22}{row['reference'] if first else '':<10}"
+            f"{_x(row['ratio']['params']) if first else '':>9}{_x(r['flops']):>8}"
+            f"{_x(r['seconds']):>8}{_x(r['xla_flops']):>7}{_x(r['xla_bytes']):>8}"
+          )
+      lines.append("layers (forward MACs, share of the variant):")
+      for row in setting["rows"]:
+        parts = [
+          f"{_describe(l)} {_si(l['macs'])} {l['macs'] / max(row['macs'], 1):.0%}"
+          for l in row["layers"]
+        ]
+        lines.append(f"  {row['label']}: {'; '.join(parts)}")
+  return "\n".join(lines)
+
+
+def format_bench(result: dict) -> str:
+  s = result["seconds"]
+  return (
+    f"{result['model']} + {result['optimizer']}, batch {result['batch_size']} of "
+    f"{'x'.join(map(str, result['input_shape']))}, {result['params']} params on "
+    f"{result['environment']['backend']} (jax {result['environment']['jax']}): "
+    f"{result['steps_per_second']:.1f} steps/s, {result['examples_per_second']:.0f} examples/s "
+    f"(step median [min-max] {_times(s)} ms over {s['n']} after "
+    f"{s['warmup']} warm-up; {_si(result['flops_per_second'], 'FLOP/s')} analytic)"
+  )

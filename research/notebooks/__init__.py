@@ -1,0 +1,1 @@
+"""Notebooks, and the demos they (and `run.py filters`) use."""

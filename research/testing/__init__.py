@@ -1,0 +1,1 @@
+"""Test support that is not library code: fault injection for the crash-safety tests."""

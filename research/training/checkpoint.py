@@ -1,0 +1,330 @@
+"""Orbax checkpoints of a run: `<workdir>/checkpoints/<step>/`,
+saved asynchronously and verified before use.
+
+A step directory holds
+- `state`: the `TrainState`: params, optimizer state, batch statistics, step and RNG key;
+- `meta`: JSON: the data position (`epoch` completed, `batch_in_epoch`), the step metrics of the
+  unfinished epoch, the evaluation `metrics` (at the end of an epoch) and the resolved `config`;
+- `metrics`: Orbax's copy of the evaluation metrics, which it ranks to keep the best steps;
+- `checksums.json`: bytes and SHA-256 of every other file. Orbax keeps no checksum; this one is
+  written into Orbax's temporary directory before its atomic rename,
+  so every committed step has one.
+
+The data order is a pure function of (seed, epoch) (`data.epoch_order`), so (state, meta) is all a
+resumed run needs. A step that fails verification is never trained on: it is moved to
+`<workdir>/quarantine/` (not deleted) and the newest valid step is used instead.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+from research.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+QUARANTINE = "quarantine"
+CHECKSUMS = "checksums.json"
+# Names of Orbax's on-disk format that this module depends on (orbax-checkpoint is bounded in
+# pyproject.toml to the versions tested; tests/training/test_checkpoint.py fails, naming them, if
+# they change): the suffix of a step still being written, and the two files Orbax writes after our
+# checksums (the commit time stamp, the commit marker), which are checked for presence only.
+TMP_MARK = ".orbax-checkpoint-tmp"
+ORBAX_METADATA = "_CHECKPOINT_METADATA"
+ORBAX_COMMIT = "commit_success.txt"
+_UNHASHED = (ORBAX_METADATA, ORBAX_COMMIT, CHECKSUMS)
+# Config keys that a checkpoint's state or data position depends on: a resumed run may not change
+# them. Other optimizer keys can change the optimizer state's structure (sgd momentum on or off),
+# so all but one count.
+FIXED_KEYS = ("seed", "data.name", "data.batch_size", "model", "optimizer")
+FREE_KEYS = ("optimizer.learning_rate",)
+
+
+def directory(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+
+
+def due(
+  step: int, steps_per_epoch: int, total_steps: int, every_steps: int, every_epochs: int
+) -> bool:
+  """Whether the policy saves after training step `step` (counted from 1);
+  the last step is always saved.
+
+  `every_steps` and `every_epochs` are 0 when off.
+  """
+  epoch_end = step % steps_per_epoch == 0
+  return (
+    step == total_steps
+    or (every_steps > 0 and step % every_steps == 0)
+    or (epoch_end and every_epochs > 0 and (step // steps_per_epoch) % every_epochs == 0)
+  )
+
+
+def _sha256(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _digests(path: str) -> dict[str, dict]:
+  """{relative file path: {"bytes", "sha256"}} for every file under `path` but the unhashed ones."""
+  files = {}
+  for root, _, names in os.walk(path):
+    for name in names:
+      full = os.path.join(root, name)
+      rel = os.path.relpath(full, path)
+      if rel not in _UNHASHED:
+        files[rel] = {"bytes": os.path.getsize(full), "sha256": _sha256(full)}
+  return files
+
+
+def seal(root: str) -> None:
+  """Orbax's post-finalization callback: writes `checksums.json` into the step it is about to
+  rename.
+
+  Runs in Orbax's background thread, once a save's files are complete and before the atomic rename.
+  Saves are serial and leftovers were removed at start,
+  so exactly one temporary step directory exists.
+  """
+  pending = [name for name in os.listdir(root) if TMP_MARK in name]
+  if len(pending) != 1:
+    raise CheckpointError(
+      f"expected one unfinished save in {root}, found {pending or 'none'}; is another run "
+      "writing there?"
+    )
+  path = os.path.join(root, pending[0])
+  files = _digests(path)
+  with open(os.path.join(path, CHECKSUMS + ".tmp"), "w") as f:
+    json.dump({"files": files}, f, indent=1, sort_keys=True)
+  os.replace(os.path.join(path, CHECKSUMS + ".tmp"), os.path.join(path, CHECKSUMS))
+
+
+def make_manager(workdir: str, policy: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+  """An async manager over `<workdir>/checkpoints` under the `config.train` policy: keeps the newest
+  `keep_checkpoints` steps and the best `keep_best` by `best_metric`.
+
+  Latest and best are two policies joined by `AnyPreservationPolicy`: `max_to_keep` with `best_fn`
+  alone keeps only the best, and can delete a step right after saving it. `best_fn` is still set, as
+  Orbax writes the metrics that `BestN` ranks (also after a restart) only when it is.
+  """
+  kept = [policies.LatestN(n=policy.keep_checkpoints)]
+  best_fn = None
+  if policy.keep_best:
+    metric = policy.best_metric
+
+    def best_fn(m):
+      return m[metric]
+
+    kept.append(
+      policies.BestN(
+        get_metric_fn=best_fn,
+        reverse=policy.best_mode == "min",
+        n=policy.keep_best,
+        keep_checkpoints_without_metrics=False,
+      )
+    )
+  root = directory(workdir)
+  options = ocp.CheckpointManagerOptions(
+    create=True,
+    enable_async_checkpointing=True,
+    preservation_policy=policies.AnyPreservationPolicy(kept),
+    best_fn=best_fn,
+    best_mode=policy.best_mode,
+    async_options=ocp.AsyncOptions(post_finalization_callback=lambda: seal(root)),
+  )
+  return ocp.CheckpointManager(root, options=options)
+
+
+def save(
+  manager: ocp.CheckpointManager, step: int, state: Any, meta: dict, metrics: dict | None = None
+) -> None:
+  """Starts saving `state` and `meta` as `step` (with `metrics` to rank it by); returns once the
+  state is copied to host memory, before the files are written. Waits for the previous save
+  first."""
+  manager.save(
+    step,
+    args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+    metrics=metrics,
+    force=True,
+  )
+
+
+def remove_unfinished(workdir: str) -> list[str]:
+  """Deletes the temporary directories of saves that a killed run left unfinished;
+  returns their names.
+
+  They never became checkpoints (Orbax renames a step only once it is complete), so nothing is lost.
+  """
+  root = directory(workdir)
+  names = sorted(n for n in os.listdir(root) if TMP_MARK in n) if os.path.isdir(root) else []
+  for name in names:
+    shutil.rmtree(os.path.join(root, name))
+  return names
+
+
+def steps(workdir: str) -> list[int]:
+  """The committed steps in `<workdir>/checkpoints`, oldest first (verified or not)."""
+  root = directory(workdir)
+  if not os.path.isdir(root):
+    return []
+  return sorted(
+    int(n) for n in os.listdir(root) if n.isdigit() and os.path.isdir(os.path.join(root, n))
+  )
+
+
+def verify(path: str) -> str | None:
+  """Why the step directory `path` cannot be trusted,
+  or None when every file matches its checksum."""
+  for name in _UNHASHED:
+    if not os.path.isfile(os.path.join(path, name)):
+      return (
+        f"{name} is missing"
+        if name != CHECKSUMS
+        else f"it has no {CHECKSUMS} (saved by an older convlab, or damaged)"
+      )
+  try:
+    with open(os.path.join(path, ORBAX_METADATA)) as f:
+      json.load(f)
+    with open(os.path.join(path, CHECKSUMS)) as f:
+      files = json.load(f)["files"]
+    expected = {rel: (int(v["bytes"]), str(v["sha256"])) for rel, v in files.items()}
+  except (ValueError, KeyError, TypeError, AttributeError) as e:
+    return f"its metadata is damaged ({type(e).__name__}: {e})"
+  for rel, (size, digest) in sorted(expected.items()):
+    full = os.path.join(path, rel)
+    if not os.path.isfile(full):
+      return f"{rel} is missing"
+    if os.path.getsize(full) != size:
+      return f"{rel} has {os.path.getsize(full)} bytes where {size} were written (truncated?)"
+    if _sha256(full) != digest:
+      return f"{rel} does not match its checksum (its bytes changed after it was written)"
+  return None
+
+
+def _quarantine(workdir: str, step: int, reason: str) -> str:
+  """Moves step `step` to `<workdir>/quarantine/` (never deletes it), with the reason beside;
+  returns where."""
+  target = os.path.join(os.path.abspath(workdir), QUARANTINE, str(step))
+  n = 0
+  while os.path.exists(target):
+    n += 1
+    target = os.path.join(os.path.abspath(workdir), QUARANTINE, f"{step}.{n}")
+  os.makedirs(os.path.dirname(target), exist_ok=True)
+  os.replace(os.path.join(directory(workdir), str(step)), target)
+  with open(target + ".reason.txt", "w") as f:
+    f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {reason}\n")
+  return target
+
+
+def latest_valid(workdir: str, quarantine: bool) -> int | None:
+  """The newest step that passes `verify`, or None when there is no step at all.
+
+  Each newer step that fails is named in a logged warning and, with `quarantine`, moved to
+  `<workdir>/quarantine/`: the run will save those steps again. When steps exist but none is valid:
+  a `CheckpointError`, nothing moved.
+  """
+  found, bad = steps(workdir), []
+  for step in reversed(found):
+    reason = verify(os.path.join(directory(workdir), str(step)))
+    if reason is None:
+      break
+    bad.append((step, reason))
+  else:
+    if bad:
+      raise CheckpointError(
+        f"no valid checkpoint in {directory(workdir)}: "
+        + "; ".join(f"step {s}: {r}" for s, r in bad)
+        + ". Nothing was moved. To start this run afresh, move that directory away "
+        "(or train into a new --workdir)."
+      )
+    return None
+  for bad_step, reason in bad:
+    path = os.path.join(directory(workdir), str(bad_step))
+    if quarantine:
+      log.warning(
+        f"warning: checkpoint {path} is corrupt: {reason}. Moved it to "
+        f"{_quarantine(workdir, bad_step, reason)} for inspection; falling back to step {step}."
+      )
+    else:
+      log.warning(
+        f"warning: checkpoint {path} is corrupt: {reason}. Skipping it; using step {step}."
+      )
+  return step
+
+
+def _read(workdir: str, step: int, items: dict) -> Any:
+  path = os.path.join(directory(workdir), str(step))
+  checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  try:
+    return checkpointer.restore(path, args=ocp.args.Composite(**items))
+  except Exception as e:  # Orbax raises many types; all mean the same here.
+    raise CheckpointError(
+      f"checkpoint {path} passed its checksums but could not be restored onto this code's "
+      f"train state ({type(e).__name__}: {e}); if the model code changed since it was saved, "
+      "train into a new --workdir"
+    ) from None
+  finally:
+    checkpointer.close()
+
+
+def read_meta(workdir: str, step: int) -> dict:
+  """The `meta` of `step` (data position, unfinished epoch's step metrics, metrics, config).
+  Verify it first."""
+  return _read(workdir, step, {"meta": ocp.args.JsonRestore()}).meta
+
+
+def restore(workdir: str, step: int, target: Any = None) -> tuple[Any, dict]:
+  """(state, meta) of `step`. With `target`, the state takes its tree structure, shapes, dtypes and
+  shardings; without, it is restored as saved. Verify the step first (`verify`)."""
+  abstract = None if target is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  restored = _read(
+    workdir, step, {"state": ocp.args.StandardRestore(abstract), "meta": ocp.args.JsonRestore()}
+  )
+  return restored.state, restored.meta
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def config_changes(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
+  """{dotted key: (saved value, current value)} for every key that differs between two configs as
+  JSON dicts; a key missing on one side has the value `"<absent>"` there."""
+  old, new = _flatten(saved), _flatten(current)
+  return {
+    key: (old.get(key, "<absent>"), new.get(key, "<absent>"))
+    for key in sorted(set(old) | set(new))
+    if old.get(key, "<absent>") != new.get(key, "<absent>")
+  }
+
+
+def check_resumable(changes: dict[str, tuple[Any, Any]], path: str) -> None:
+  """Refuses (`CheckpointError`) config changes that the checkpoint at `path` cannot continue
+  under."""
+
+  def fixed(key):
+    return key not in FREE_KEYS and any(key == k or key.startswith(k + ".") for k in FIXED_KEYS)
+
+  refused = {k: v for k, v in changes.items() if fixed(k)}
+  if refused:
+    listed = ", ".join(f"config.{k} {old!r} -> {new!r}" for k, (old, new) in refused.items())
+    raise CheckpointError(
+      f"checkpoint {path} was made with another model, optimizer or data order than this "
+      f"config asks for: {listed}. Resume with the values it was made with, or train into a "
+      "new --workdir."
+    )

@@ -1,0 +1,102 @@
+"""Evaluation on the test split, for the training loop and for `python run.py eval`.
+
+`make_evaluator` is the one wiring of the jitted `eval_step` over the test batches.
+`evaluate_checkpoint` rebuilds a saved run from the config stored in its checkpoint, so no
+experiment file is needed, and verifies the step against its checksums first. It is read-only:
+nothing in the workdir changes and its lock is not taken,
+so a checkpoint can be evaluated while its run goes on.
+"""
+
+import json
+import os
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from research.data import pipeline as data
+from research.errors import CheckpointError
+from research.training import checkpoint
+from research.training.plan import Plan, make_plan
+from research.training.state import TrainState, eval_step
+
+Evaluator = Callable[[TrainState], dict]  # state -> {"test_loss", "test_accuracy"}
+
+
+def make_evaluator(plan: Plan, test: data.Split, stats, batch_size: int) -> Evaluator:
+  """A function of the state: mean loss and accuracy over every test example exactly once.
+
+  `stats` are the training split's (mean, std) per channel (`data.normalizer`); the last batch of
+  `batch_size` is padded and masked.
+  """
+  replicated, split_batch = plan.shardings()
+  eval_fn = jax.jit(eval_step, in_shardings=(replicated, split_batch), out_shardings=replicated)
+
+  def evaluate(state: TrainState) -> dict:
+    totals = None
+    for batch in data.eval_batches(test, stats, batch_size):
+      sums = eval_fn(state, jax.device_put(batch, split_batch))
+      totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    return {
+      "test_loss": float(totals["loss"] / totals["count"]),
+      "test_accuracy": float(totals["correct"] / totals["count"]),
+    }
+
+  return evaluate
+
+
+def evaluate_checkpoint(workdir: str, step: int | None = None) -> dict:
+  """`step`, `epoch`, `batch_in_epoch`, `test_loss` and `test_accuracy` of checkpoint `step` in
+  `workdir`.
+
+  Without `step`, the newest valid checkpoint (corrupt newer ones are logged as warnings and
+  skipped).
+  """
+  workdir = os.path.abspath(workdir)
+  available = checkpoint.steps(workdir)
+  if not available:
+    raise CheckpointError(
+      f"no checkpoint in {checkpoint.directory(workdir)}; train into this workdir "
+      f"first (python run.py train --workdir={workdir})"
+    )
+  if step is None:
+    step = checkpoint.latest_valid(workdir, quarantine=False)
+  elif step not in available:
+    raise CheckpointError(
+      f"no checkpoint of step {step} in {checkpoint.directory(workdir)}; it holds "
+      f"steps {', '.join(map(str, available))}"
+    )
+  else:
+    path = os.path.join(checkpoint.directory(workdir), str(step))
+    reason = checkpoint.verify(path)
+    if reason is not None:
+      raise CheckpointError(
+        f"checkpoint {path} is corrupt: {reason}; evaluate another step (it holds "
+        f"steps {', '.join(map(str, available))})"
+      )
+  meta = checkpoint.read_meta(workdir, step)
+  config = ml_collections.ConfigDict(meta["config"])
+  plan = make_plan(config)
+  state, _ = checkpoint.restore(workdir, step, target=plan.initial_state(config.seed))
+  train, test = data.load(config)
+  evaluate = make_evaluator(
+    plan, test, data.normalizer(train, plan.dataset.pixel_max), config.data.eval_batch_size
+  )
+  return {
+    "step": step,
+    "epoch": meta["epoch"],
+    "batch_in_epoch": meta["batch_in_epoch"],
+    **evaluate(state),
+  }
+
+
+def describe(result: dict, workdir: str) -> str:
+  """Two lines: the result in words, then as JSON."""
+  steps = f" and {result['batch_in_epoch']} steps" if result["batch_in_epoch"] else ""
+  return (
+    f"checkpoint {result['step']} (after {result['epoch']} epochs{steps}) in "
+    f"{checkpoint.directory(workdir)}: test_loss {result['test_loss']:.4f}  test_accuracy "
+    f"{100 * result['test_accuracy']:.2f}%\n{json.dumps(result)}"
+  )

@@ -1,0 +1,61 @@
+"""The one place a config becomes objects: the dataset's shape, the model,
+the optimizer and the devices.
+
+`make_plan(config)` checks everything that can be wrong with a config before anything is read,
+compiled or written (a `ConfigError` naming the key). Training, evaluation, `run.py cost` and
+`run.py bench` all start from it.
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from research import config as config_lib
+from research.data import pipeline as data
+from research.nn.models import build_model
+from research.training.optim import build_optimizer
+from research.training.state import TrainState, create_train_state
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What a config makes of the dataset, model and optimizer;
+  built before anything is read or written."""
+
+  dataset: data.DatasetInfo
+  model: nn.Module
+  steps_per_epoch: int
+  total_steps: int
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule  # Step (from 0) -> learning rate.
+  devices: tuple
+
+  def shardings(self) -> tuple[NamedSharding, NamedSharding]:
+    """(replicated, split along the batch axis) over all devices, on a `data` mesh axis."""
+    mesh = Mesh(np.array(self.devices), ("data",))
+    return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+  def initial_state(self, seed: int) -> TrainState:
+    """The state before the first step, a function of `seed` only, replicated over the devices."""
+    state = create_train_state(self.model, self.tx, seed, self.dataset.shape)
+    return jax.device_put(state, self.shardings()[0])
+
+
+def make_plan(config: ml_collections.ConfigDict) -> Plan:
+  """Checks everything that can be wrong with `config`
+  (a `ConfigError` naming the key) and plans the run."""
+  config_lib.validate(config)
+  dataset = data.info(config)
+  devices = tuple(jax.local_devices())
+  data.check(config, dataset, len(devices))
+  model = build_model(config.model, dataset.num_classes, dataset.shape)
+  steps_per_epoch = data.steps_per_epoch(dataset.num_train, config.data.batch_size)
+  total_steps = steps_per_epoch * config.train.num_epochs
+  tx, schedule = build_optimizer(config, total_steps, steps_per_epoch)
+  return Plan(dataset, model, steps_per_epoch, total_steps, tx, schedule, devices)

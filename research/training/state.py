@@ -1,0 +1,104 @@
+"""The train state and the pure steps: `train_step(state, batch) -> (state, metrics)`, `eval_step`.
+
+Batches are dicts: `image` float32 `[batch, height, width, channels]`, `label` int32 `[batch]` and,
+for evaluation, `mask` float32 `[batch]` (1 for a real example, 0 for padding). The steps are jitted
+by their callers (the training loop, evaluation, `run.py bench`), with the shardings the plan gives.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax.training import train_state
+
+
+class TrainState(train_state.TrainState):
+  """Params, optimizer state and step (from flax), BatchNorm statistics and the RNG key.
+
+  `batch_stats` is `{}` without BatchNorm; `rng` is a raw `uint32[2]` key that each step's
+  randomness (dropout) is split from.
+  """
+
+  batch_stats: Any
+  rng: jax.Array
+
+
+def create_train_state(
+  model: nn.Module, tx: optax.GradientTransformation, seed: int, input_shape: tuple[int, ...]
+) -> TrainState:
+  """The initial state, a function of `seed` only: parameters from `PRNGKey(seed)`,
+  the step key folded off it."""
+
+  def init(key):
+    variables = model.init(key, jnp.zeros((1,) + tuple(input_shape)), train=False)
+    return TrainState.create(
+      apply_fn=model.apply,
+      params=variables["params"],
+      tx=tx,
+      batch_stats=variables.get("batch_stats", {}),
+      rng=jax.random.fold_in(key, 1),
+    )
+
+  return jax.jit(init)(
+    jax.random.PRNGKey(seed)
+  )  # One compilation, not one per optimizer-state leaf.
+
+
+def all_finite(tree: Any) -> bool:
+  """Whether every floating-point value in `tree` is finite; checked before each save.
+
+  Outside `train_step`, which stays the bare step that `run.py bench` measures. Arrays on CPU
+  already are host memory, so NumPy checks them in well under a millisecond (a compiled check costs
+  a compilation per process); on accelerators a compiled reduction spares copying the state to the
+  host.
+  """
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  if all(device.platform == "cpu" for x in leaves for device in x.devices()):
+    return all(bool(np.isfinite(np.asarray(x)).all()) for x in leaves)
+  return bool(_all_finite_on_device(leaves))
+
+
+@jax.jit
+def _all_finite_on_device(leaves: list[jax.Array]) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+  """One optimizer step on `batch` (`image` `[b, h, w, c]`, `label` `[b]`);
+  returns the mean loss and accuracy."""
+  rng, dropout = jax.random.split(state.rng)
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+      {"params": params, "batch_stats": state.batch_stats},
+      batch["image"],
+      train=True,
+      mutable=["batch_stats"],
+      rngs={"dropout": dropout},
+    )
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+    return loss, (logits, updates)
+
+  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(
+    grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats), rng=rng
+  )
+  return state, {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+
+
+def eval_step(state: TrainState, batch: dict) -> dict:
+  """Sums over the real (`mask` = 1) examples of `batch`: `loss`, `correct` and `count`."""
+  logits = state.apply_fn(
+    {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
+  )
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+  correct = jnp.argmax(logits, -1) == batch["label"]
+  mask = batch["mask"]
+  return {
+    "loss": jnp.sum(losses * mask),
+    "correct": jnp.sum(correct * mask),
+    "count": jnp.sum(mask),
+  }

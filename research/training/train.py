@@ -1,0 +1,383 @@
+"""One training run: `train_and_evaluate(config, workdir)`, over the pure steps of `training.state`.
+
+Data-parallel over all local devices: the batch is split along a `data` mesh axis and the state is
+replicated; XLA inserts the gradient all-reduce. The same code runs on CPU, GPU and TPU.
+
+Crash safety: a run holds `<workdir>/run.lock`, saves asynchronously under the `config.train` policy
+and resumes from the newest valid checkpoint, mid-epoch included: killed at any point and rerun, it
+ends with the parameters of an uninterrupted run, bit for bit. SIGTERM saves and stops; a non-finite
+loss stops without saving.
+
+Progress goes to the `research.training.train` logger (and the epoch lines to
+`research.training.metrics`): a caller silences a run with
+`logging.getLogger("research").setLevel(logging.WARNING)`.
+"""
+
+import contextlib
+import itertools
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+
+from research import config as config_lib
+from research.data import pipeline as data
+from research.errors import CheckpointError, Interrupted, TrainingDiverged, UserError
+from research.training import checkpoint, lock, metrics
+from research.training.evaluate import make_evaluator
+from research.training.plan import Plan, make_plan
+from research.training.state import TrainState, all_finite, train_step
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+CONFIG_CHANGES_FILE = "config_changes.jsonl"
+
+
+def prepare_workdir(workdir: str) -> str:
+  """Creates `workdir` if needed; a workdir that cannot be written is a `UserError` naming it."""
+  workdir = os.path.abspath(workdir)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, ".write-test")
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(
+      f"workdir {workdir} is not writable ({e.strerror}); choose another with --workdir"
+    ) from None
+  return workdir
+
+
+def resumable(config: ml_collections.ConfigDict, workdir: str) -> int | None:
+  """The newest valid checkpoint step in `workdir` that `config` may continue,
+  or None for a fresh start.
+
+  Removes unfinished saves, quarantines corrupt newer steps, and refuses config changes the
+  checkpoint cannot continue under; allowed changes are logged and appended to
+  `<workdir>/config_changes.jsonl`.
+  """
+  removed = checkpoint.remove_unfinished(workdir)
+  if removed:
+    log.info(
+      f"Removed {len(removed)} unfinished save(s) that an interrupted run left in "
+      f"{checkpoint.directory(workdir)}: {', '.join(removed)}."
+    )
+  step = checkpoint.latest_valid(workdir, quarantine=True)
+  if step is None:
+    return None
+  meta = checkpoint.read_meta(workdir, step)
+  changes = checkpoint.config_changes(meta["config"], json.loads(config_lib.to_json(config)))
+  checkpoint.check_resumable(changes, os.path.join(checkpoint.directory(workdir), str(step)))
+  if changes:
+    log.info(
+      f"Config changes since step {step} (allowed; recorded in {CONFIG_CHANGES_FILE}): "
+      + ", ".join(f"config.{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+      + "."
+    )
+    with open(os.path.join(workdir, CONFIG_CHANGES_FILE), "a") as f:
+      f.write(
+        json.dumps({"step": step, "changes": {k: list(v) for k, v in changes.items()}}) + "\n"
+      )
+  return step
+
+
+class NonFinite(Exception):
+  """Raised inside the loop; the loop turns it into `TrainingDiverged` with the checkpoint
+  context."""
+
+  def __init__(self, step: int, what: str):
+    super().__init__(what)
+    self.step, self.what = step, what
+
+
+class EpochLog:
+  """Per-step loss and accuracy of the current epoch,
+  read one step late so that the device never waits."""
+
+  def __init__(self, losses=(), accuracies=()):
+    self.losses, self.accuracies = list(losses), list(accuracies)
+    self._pending = None
+
+  def add(self, step: int, step_metrics: dict) -> None:
+    """Keeps step `step`'s metrics (still on the device) and reads the previous step's."""
+    self.flush()
+    self._pending = (step, step_metrics)
+
+  def flush(self) -> None:
+    """Reads the pending step's metrics; a non-finite loss raises `NonFinite`."""
+    if self._pending is not None:
+      step, m = self._pending
+      self._pending = None
+      m = jax.device_get(m)
+      if not math.isfinite(m["loss"]):
+        raise NonFinite(step, f"the loss is {float(m['loss'])}")
+      self.losses.append(float(m["loss"]))
+      self.accuracies.append(float(m["accuracy"]))
+
+  def means(self) -> dict:
+    """`train_loss` and `train_accuracy`: the epoch's means,
+    in float32 as the steps computed them."""
+    return {
+      "train_loss": float(np.mean(np.asarray(self.losses, np.float32))),
+      "train_accuracy": float(np.mean(np.asarray(self.accuracies, np.float32))),
+    }
+
+
+class Saver:
+  """The run's checkpoints under the `config.train` policy, and what saving cost the loop.
+
+  `saved` is the newest step saved or restored (None before either); `blocked` the seconds the
+  training thread waited for saves; `saves` how many it started.
+  """
+
+  def __init__(
+    self,
+    workdir: str,
+    config: ml_collections.ConfigDict,
+    steps_per_epoch: int,
+    total_steps: int,
+    restored: int | None,
+  ):
+    self.workdir, self.policy = workdir, config.train
+    self.spe, self.total = steps_per_epoch, total_steps
+    self.config_json = json.loads(config_lib.to_json(config))
+    self.manager = checkpoint.make_manager(workdir, config.train)
+    self.saved, self.blocked, self.saves = restored, 0.0, 0
+
+  def due(self, step: int) -> bool:
+    p = self.policy
+    return checkpoint.due(
+      step, self.spe, self.total, p.checkpoint_every_steps, p.checkpoint_every_epochs
+    )
+
+  def save(
+    self, step: int, state: TrainState, epoch_log: EpochLog, record: dict | None = None
+  ) -> None:
+    """Saves `state` after step `step`, with the data position and the unfinished epoch's step
+    metrics.
+
+    Every loss up to `step` must have been checked (`epoch_log.flush()`); the state is checked here.
+    """
+    started = time.perf_counter()
+    if not all_finite((state.params, state.opt_state, state.batch_stats)):
+      raise NonFinite(step, "the parameters or optimizer state are not finite")
+    mid_epoch = step % self.spe != 0
+    checkpoint.save(
+      self.manager,
+      step,
+      state,
+      {  # Copies: the save serializes them after it returns.
+        "step": step,
+        "epoch": step // self.spe,
+        "batch_in_epoch": step % self.spe,
+        "steps_per_epoch": self.spe,
+        "epoch_losses": list(epoch_log.losses) if mid_epoch else [],
+        "epoch_accuracies": list(epoch_log.accuracies) if mid_epoch else [],
+        "metrics": record,
+        "config": self.config_json,
+      },
+      metrics=record,
+    )
+    self.saved, self.saves = step, self.saves + 1
+    self.blocked += time.perf_counter() - started
+
+  def close(self) -> None:
+    """Waits for the last save: an async save still writing must not be cut short by the exit."""
+    waited = time.perf_counter()
+    self.manager.wait_until_finished()
+    self.manager.close()
+    self.blocked += time.perf_counter() - waited
+
+
+@contextlib.contextmanager
+def _sigterm_event() -> Iterator[threading.Event]:
+  """An event that SIGTERM sets inside the `with` (signals reach only the main thread; elsewhere it
+  never does)."""
+  event = threading.Event()
+  if threading.current_thread() is not threading.main_thread():
+    yield event
+    return
+  previous = signal.signal(signal.SIGTERM, lambda signum, frame: event.set())
+  try:
+    yield event
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains and evaluates per epoch, checkpointing into `workdir`; resumes if it holds a checkpoint.
+
+  Returns the last metrics record (see `training.metrics`).
+  """
+  plan = make_plan(
+    config
+  )  # Everything that can be wrong with the config is found before anything is written.
+  workdir = prepare_workdir(workdir)
+  with lock.hold(workdir), _sigterm_event() as sigterm:
+    return _train(config, plan, workdir, sigterm)
+
+
+def _resume(
+  config: ml_collections.ConfigDict, plan: Plan, workdir: str
+) -> tuple[TrainState, dict | None]:
+  """(state, checkpoint meta) to continue from: the newest valid checkpoint's,
+  or the initial state's and None."""
+  step = resumable(config, workdir)
+  state = plan.initial_state(config.seed)
+  if step is None:
+    return state, None
+  state, meta = checkpoint.restore(workdir, step, target=state)
+  spe = plan.steps_per_epoch
+  if meta["steps_per_epoch"] != spe:  # The data position would mean other examples.
+    raise CheckpointError(
+      f"checkpoint {step} in {checkpoint.directory(workdir)} was saved with "
+      f"{meta['steps_per_epoch']} steps per epoch and this run has {spe}: the dataset "
+      "changed size; train into a new --workdir"
+    )
+  position = f", step {step % spe} of {spe}" if step % spe else ""
+  log.info(
+    f"Resuming from the checkpoint at step {step} (epoch {step // spe}{position}) in "
+    f"{checkpoint.directory(workdir)}."
+  )
+  return state, meta
+
+
+def _diverged(e: NonFinite, saver: Saver, config: ml_collections.ConfigDict) -> TrainingDiverged:
+  last = (
+    f"the latest checkpoint, step {saver.saved} in {checkpoint.directory(saver.workdir)}, "
+    "is the last good one and stays the latest"
+    if saver.saved is not None
+    else "no checkpoint was saved before it"
+  )
+  return TrainingDiverged(
+    f"training diverged: {e.what} at step {e.step} (epoch {(e.step - 1) // saver.spe + 1}); "
+    f"stopped without saving, and {last}. Lower config.optimizer.learning_rate "
+    f"(now {config.optimizer.learning_rate}) or change what made it diverge, then rerun to "
+    "continue from there."
+  )
+
+
+def _train(
+  config: ml_collections.ConfigDict, plan: Plan, workdir: str, sigterm: threading.Event
+) -> dict:
+  spe, total = plan.steps_per_epoch, plan.total_steps
+  log.info(
+    f"{plan.dataset.name}: {plan.dataset.num_train} train / {plan.dataset.num_test} test "
+    f"examples of shape {plan.dataset.shape}; batch {config.data.batch_size} -> {spe} "
+    f"steps per epoch, {config.train.num_epochs} epochs -> {total} steps on {len(plan.devices)} "
+    f"{plan.devices[0].platform} device(s)."
+  )
+
+  # ---------------------------------------------------------------------------------------------
+  # Resume: the newest valid checkpoint, or the initial state; the workdir's files follow it.
+  state, meta = _resume(config, plan, workdir)
+  start = int(state.step)
+  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+    f.write(config_lib.to_json(config))
+  metrics.truncate_after(workdir, start)
+
+  # ---------------------------------------------------------------------------------------------
+  # Data, compiled steps and the sinks.
+  train, test = data.load(config)
+  stats = data.normalizer(train, plan.dataset.pixel_max)
+  replicated, split_batch = plan.shardings()
+  train_fn = jax.jit(
+    train_step,
+    in_shardings=(replicated, split_batch),
+    out_shardings=(replicated, replicated),
+    donate_argnums=0,
+  )
+  evaluate = make_evaluator(plan, test, stats, config.data.eval_batch_size)
+  saver = Saver(workdir, config, spe, total, restored=start if meta else None)
+  writer = metrics.MetricWriter(workdir)
+  record = (metrics.read(workdir) or [{}])[-1]
+  epoch_log = EpochLog(meta["epoch_losses"], meta["epoch_accuracies"]) if meta else EpochLog()
+
+  def stop_if_asked(step: int, record: dict | None = None) -> None:
+    if sigterm.is_set():
+      if saver.saved != step:
+        epoch_log.flush()
+        saver.save(step, state, epoch_log, record)
+      raise Interrupted(
+        f"stopped by SIGTERM at step {step} after saving it in {checkpoint.directory(workdir)}; "
+        "rerun the same command to resume"
+      )
+
+  # ---------------------------------------------------------------------------------------------
+  # The epoch loop: from the checkpoint's epoch, skipping the batches it had done.
+  step = start
+  bar = tqdm.tqdm(total=total, initial=start, unit="step", disable=None, dynamic_ncols=True)
+  loop_started = time.perf_counter()
+  try:
+    for epoch in range(start // spe, config.train.num_epochs):
+      started = time.perf_counter()
+      skip = (
+        step - epoch * spe
+      )  # Batches of this epoch done before a mid-epoch checkpoint; 0 otherwise.
+      if not skip:
+        epoch_log = EpochLog()
+      batches = data.train_batches(train, stats, config.data.batch_size, config.seed, epoch)
+      for batch in itertools.islice(batches, skip, None):
+        state, step_metrics = train_fn(state, jax.device_put(batch, split_batch))
+        step += 1
+        epoch_log.add(step, step_metrics)
+        bar.update()
+        if step % spe:  # The end of an epoch saves and stops below, after its evaluation.
+          if saver.due(step):
+            epoch_log.flush()
+            saver.save(step, state, epoch_log)
+          stop_if_asked(step)
+
+      # -------------------------------------------------------------------------------------------
+      # End of epoch: evaluate, write the metrics, save.
+      epoch_log.flush()
+      train_seconds = time.perf_counter() - started
+      record = {
+        "step": step,
+        "epoch": epoch + 1,
+        **epoch_log.means(),
+        **evaluate(state),
+        "learning_rate": float(plan.schedule(step - 1)),
+      }
+      writer.write(
+        record,
+        {
+          "epoch_seconds": time.perf_counter() - started,
+          "train_examples_per_second": (spe - skip) * config.data.batch_size / train_seconds,
+        },
+      )
+      if saver.due(step):
+        saver.save(step, state, epoch_log, record)
+      stop_if_asked(step, record)
+  except NonFinite as e:
+    raise _diverged(e, saver, config) from None
+  finally:
+    bar.close()
+    writer.close()
+    saver.close()
+
+  # ---------------------------------------------------------------------------------------------
+  # Finish.
+  elapsed = time.perf_counter() - loop_started
+  if saver.saves:
+    log.info(
+      f"Checkpointing: {saver.saves} saves blocked training for {saver.blocked:.2f} s "
+      f"of {elapsed:.2f} s ({100 * saver.blocked / max(elapsed, 1e-9):.1f}%)."
+    )
+  log.info(
+    f"Done: test_accuracy {100 * record.get('test_accuracy', float('nan')):.2f}% after "
+    f"{record.get('epoch', 0)} epochs. Results in {workdir} "
+    f"(metrics.jsonl, tensorboard/, checkpoints/, {CONFIG_FILE})."
+  )
+  return record

@@ -1,0 +1,306 @@
+"""Exact resume and crash safety: killed runs, corrupt checkpoints, divergence, config changes,
+locks, `run.py eval`.
+
+Every run here is the same small one (3 epochs of 44 steps, saves every 20 steps and at each epoch
+end: steps 20, 40, 44, 60, 80, 88, 100, 120, 132), compared with one uninterrupted reference run.
+"""
+
+import json
+import os
+import shutil
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from research import config as config_lib
+from research.data import pipeline
+from research.errors import CheckpointError, Interrupted, TrainingDiverged
+from research.testing import faults
+from research.training import checkpoint, lock, metrics, train
+from research.training.plan import make_plan
+
+import run
+from support import DEFAULT, run_cli
+
+SMALL = (
+  "model.widths=(8,16)",
+  "model.hidden=32",
+  "train.num_epochs=3",
+  "train.checkpoint_every_steps=20",
+)
+
+
+def _overrides(data_dir, *more):
+  return [f"data.data_dir={data_dir}", *SMALL, *more]
+
+
+def _config(data_dir, *more):
+  config = config_lib.load_config(DEFAULT)
+  config_lib.apply_overrides(config, _overrides(data_dir, *more))
+  return config
+
+
+def _state(workdir, step=132):
+  return checkpoint.restore(str(workdir), step)[0]
+
+
+def _assert_bitwise_equal(a, b):
+  leaves_a, leaves_b = jax.tree.leaves_with_path(a), jax.tree.leaves_with_path(b)
+  assert [p for p, _ in leaves_a] == [p for p, _ in leaves_b]
+  for (path, x), (_, y) in zip(leaves_a, leaves_b):
+    assert x.dtype == y.dtype and x.shape == y.shape, path
+    assert np.asarray(x).tobytes() == np.asarray(y).tobytes(), jax.tree_util.keystr(path)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """Environment for subprocesses sharing this module's persistent compilation cache (set here
+  in-process too).
+
+  The runs here differ in where they stop, not in what they compile, so each program is compiled
+  once; a cached executable computes the same bits as a fresh compilation.
+  """
+  from jax.experimental.compilation_cache import compilation_cache as cache
+
+  path = str(tmp_path_factory.mktemp("jax_cache"))
+  options = {"jax_compilation_cache_dir": path, "jax_persistent_cache_min_compile_time_secs": 0}
+  previous = {name: getattr(jax.config, name) for name in options}
+  for name, value in options.items():
+    jax.config.update(name, value)
+  cache.reset_cache()
+  yield {name.upper(): str(value) for name, value in options.items()}
+  for name, value in previous.items():
+    jax.config.update(name, value)
+  cache.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory):
+  """The workdir of the uninterrupted run."""
+  workdir = tmp_path_factory.mktemp("reference")
+  train.train_and_evaluate(_config(data_dir), str(workdir))
+  assert checkpoint.steps(str(workdir)) == [100, 120, 132]
+  return workdir
+
+
+@pytest.fixture
+def copy_of_reference(reference, tmp_path):
+  workdir = tmp_path / "run"
+  shutil.copytree(reference, workdir)
+  return workdir
+
+
+@pytest.mark.parametrize(
+  "fault, resumes_at",
+  [
+    ("kill@step:70", 60),  # Mid-epoch, between two saves.
+    ("kill@save:80", 60),  # An async save half written.
+    ("kill@commit:100", 88),  # A save written but not yet committed.
+  ],
+)
+def test_a_killed_run_resumes_to_bitwise_the_parameters_of_an_uninterrupted_one(
+  reference, compilation_cache, data_dir, tmp_path, caplog, fault, resumes_at
+):
+  workdir = tmp_path / "run"
+  killed = run_cli(
+    "train",
+    f"--workdir={workdir}",
+    *(f"--config.{o}" for o in _overrides(data_dir)),
+    env=compilation_cache,
+    fault=fault,
+  )
+  assert killed.returncode == -signal.SIGKILL, killed.stderr
+  train.train_and_evaluate(_config(data_dir), str(workdir))
+  out = caplog.text
+  assert f"Took over the stale lock of {workdir}" in out
+  assert f"Resuming from the checkpoint at step {resumes_at} " in out
+  if fault.startswith("kill@commit"):
+    assert (
+      f"Removed 1 unfinished save(s) that an interrupted run left in {workdir}/checkpoints: 100"
+      in out
+    )
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["100", "120", "132"]
+  _assert_bitwise_equal(_state(workdir), _state(reference))
+  assert metrics.read(str(workdir)) == metrics.read(str(reference))
+
+
+def test_sigterm_saves_where_the_run_is_and_stops_and_a_rerun_ends_bitwise_the_same(
+  reference, data_dir, tmp_path, caplog
+):
+  workdir = tmp_path / "run"
+  with (
+    faults.injected("term@step:110"),
+    pytest.raises(Interrupted) as e,
+  ):  # A real SIGTERM, step 110.
+    train.train_and_evaluate(_config(data_dir), str(workdir))
+  assert str(e.value) == (
+    f"stopped by SIGTERM at step 110 after saving it in {workdir}/checkpoints; rerun the same "
+    "command to resume"
+  )
+  assert checkpoint.latest_valid(str(workdir), quarantine=False) == 110
+  train.train_and_evaluate(_config(data_dir), str(workdir))
+  assert "Resuming from the checkpoint at step 110 (epoch 2, step 22 of 44)" in caplog.text
+  _assert_bitwise_equal(_state(workdir), _state(reference))
+  assert metrics.read(str(workdir)) == metrics.read(str(reference))
+
+
+def test_a_corrupt_latest_checkpoint_is_set_aside_and_training_falls_back_to_the_newest_valid_one(
+  reference, copy_of_reference, data_dir, caplog
+):
+  workdir = copy_of_reference
+  state_dir = workdir / "checkpoints" / "132" / "state"
+  target = max((p for p in state_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+  damaged = bytearray(target.read_bytes())
+  damaged[len(damaged) // 2] ^= (
+    0x01  # One flipped bit: Orbax alone would restore it without a word.
+  )
+  target.write_bytes(damaged)
+  train.train_and_evaluate(_config(data_dir), str(workdir))
+  out = caplog.text
+  relative = target.relative_to(state_dir.parent)
+  assert (
+    f"warning: checkpoint {workdir}/checkpoints/132 is corrupt: {relative} does not match its "
+    "checksum (its "
+    f"bytes changed after it was written). Moved it to {workdir}/quarantine/132 for inspection; "
+    "falling back "
+    "to step 120."
+  ) in out
+  assert "Resuming from the checkpoint at step 120 (epoch 2, step 32 of 44)" in out
+  assert (workdir / "quarantine" / "132" / relative).read_bytes() == bytes(damaged)
+  _assert_bitwise_equal(_state(workdir), _state(reference))
+  assert metrics.read(str(workdir)) == metrics.read(str(reference))
+
+
+def test_no_valid_checkpoint_is_a_clear_error_with_exit_code_2_and_moves_nothing(
+  copy_of_reference, data_dir, capsys
+):
+  workdir = copy_of_reference
+  for step in (100, 120, 132):
+    os.remove(workdir / "checkpoints" / str(step) / "commit_success.txt")
+  assert (
+    run.main(["train", f"--workdir={workdir}", *(f"--config.{o}" for o in _overrides(data_dir))])
+    == 2
+  )
+  err = capsys.readouterr().err
+  assert err == (
+    f"error: no valid checkpoint in {workdir}/checkpoints: step 132: commit_success.txt is "
+    "missing; "
+    "step 120: commit_success.txt is missing; step 100: commit_success.txt is missing. Nothing was "
+    "moved. To start this run afresh, move that directory away (or train into a new --workdir).\n"
+  )
+  assert checkpoint.steps(str(workdir)) == [100, 120, 132] and not (workdir / "quarantine").exists()
+
+
+def test_a_nan_loss_stops_the_run_naming_the_step_and_the_last_good_checkpoint_stays_the_latest(
+  reference, copy_of_reference, data_dir
+):
+  workdir = copy_of_reference
+  with pytest.raises(TrainingDiverged) as e:
+    train.train_and_evaluate(
+      _config(data_dir, "train.num_epochs=4", "optimizer.learning_rate=1e30"), str(workdir)
+    )
+  assert str(e.value) == (
+    "training diverged: the loss is nan at step 134 (epoch 4); stopped without saving, and the "
+    "latest checkpoint, "
+    f"step 132 in {workdir}/checkpoints, is the last good one and stays the latest. Lower "
+    "config.optimizer.learning_rate (now 1e+30) or change what made it diverge, then rerun to "
+    "continue from there."
+  )
+  assert checkpoint.latest_valid(str(workdir), quarantine=False) == 132
+  assert checkpoint.steps(str(workdir)) == [100, 120, 132]
+  _assert_bitwise_equal(_state(workdir), _state(reference))
+  assert metrics.read(str(workdir)) == metrics.read(str(reference))
+
+
+def test_resuming_with_another_model_or_optimizer_is_refused_naming_the_keys(
+  copy_of_reference, data_dir
+):
+  workdir = copy_of_reference
+  config_json = (workdir / "config.json").read_text()
+  with pytest.raises(CheckpointError) as e:
+    train.train_and_evaluate(
+      _config(data_dir, "model.widths=(8,32)", "optimizer.name='sgd'"), str(workdir)
+    )
+  assert str(e.value) == (
+    f"checkpoint {workdir}/checkpoints/132 was made with another model, optimizer or data order "
+    "than this config "
+    "asks for: config.model.widths [8, 16] -> [8, 32], config.optimizer.name 'adam' -> 'sgd'. "
+    "Resume with the "
+    "values it was made with, or train into a new --workdir."
+  )
+  assert (workdir / "config.json").read_text() == config_json
+  assert not (workdir / train.CONFIG_CHANGES_FILE).exists()
+
+
+def test_more_epochs_on_resume_are_allowed_and_recorded(
+  reference, copy_of_reference, data_dir, caplog
+):
+  workdir = copy_of_reference
+  train.train_and_evaluate(_config(data_dir, "train.num_epochs=4"), str(workdir))
+  assert (
+    "Config changes since step 132 (allowed; recorded in config_changes.jsonl): "
+    "config.train.num_epochs 3 -> 4."
+  ) in caplog.text
+  changes = (workdir / train.CONFIG_CHANGES_FILE).read_text().splitlines()
+  assert [json.loads(line) for line in changes] == [
+    {"step": 132, "changes": {"train.num_epochs": [3, 4]}}
+  ]
+  assert metrics.read(str(workdir))[:3] == metrics.read(str(reference))
+  assert [r["epoch"] for r in metrics.read(str(workdir))] == [1, 2, 3, 4]
+
+
+def _numpy_test_metrics(config, params) -> tuple[float, float]:
+  """(loss, accuracy) over the whole test split at once: the model's logits, then NumPy
+  (float64)."""
+  plan = make_plan(config)
+  train_split, test = pipeline.load(config)
+  images = pipeline.normalize(test.images, pipeline.normalizer(train_split, plan.dataset.pixel_max))
+  logits = np.asarray(plan.model.apply({"params": params}, images), np.float64)
+  log_z = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+  loss = np.mean(log_z - logits[np.arange(len(test.labels)), test.labels])
+  return float(loss), float(np.mean(np.argmax(logits, -1) == test.labels))
+
+
+def test_eval_prints_the_test_metrics_of_a_checkpoint(reference, data_dir, capsys):
+  last = metrics.read(str(reference))[-1]
+  loss, accuracy = _numpy_test_metrics(_config(data_dir), _state(reference)["params"])
+  assert (last["test_loss"], last["test_accuracy"]) == (
+    pytest.approx(loss, rel=1e-5),
+    pytest.approx(accuracy, abs=1e-7),
+  )
+  assert run.main(["eval", f"--workdir={reference}"]) == 0
+  words, as_json = capsys.readouterr().out.splitlines()
+  assert json.loads(as_json) == {
+    "step": 132,
+    "epoch": 3,
+    "batch_in_epoch": 0,
+    "test_loss": last["test_loss"],
+    "test_accuracy": last["test_accuracy"],
+  }
+  assert words == (
+    f"checkpoint 132 (after 3 epochs) in {reference}/checkpoints: test_loss "
+    f"{last['test_loss']:.4f}  "
+    f"test_accuracy {100 * last['test_accuracy']:.2f}%"
+  )
+  assert run.main(["eval", f"--workdir={reference}", "--step=100"]) == 0
+  assert capsys.readouterr().out.startswith(
+    f"checkpoint 100 (after 2 epochs and 12 steps) in {reference}/"
+  )
+  assert run.main(["eval", f"--workdir={reference}", "--step=7"]) == 2
+  assert capsys.readouterr().err == (
+    f"error: no checkpoint of step 7 in {reference}/checkpoints; it holds steps 100, 120, 132\n"
+  )
+
+
+def test_a_second_run_on_a_workdir_in_use_is_refused_with_exit_code_2(data_dir, tmp_path, capsys):
+  with lock.hold(str(tmp_path)):
+    assert (
+      run.main(["train", f"--workdir={tmp_path}", *(f"--config.{o}" for o in _overrides(data_dir))])
+      == 2
+    )
+  assert capsys.readouterr().err.startswith(
+    f"error: workdir {tmp_path} is in use by another run (pid {os.getpid()} on "
+  )
+  assert os.listdir(tmp_path) == []
