@@ -56,6 +56,22 @@ def _train(args, overrides):
   train.train_and_evaluate(_config(args, overrides), args.workdir)
 
 
+def _data(args, overrides):
+  from research.data import catalog, pipeline
+  from research.errors import UserError
+
+  config = _config(args, overrides)
+  if args.action == "list":
+    print(catalog.describe(catalog.catalog(config)))
+    return
+  if not args.name:
+    raise UserError(
+      "data prepare needs a dataset name, e.g. python run.py data prepare fashion_mnist"
+    )
+  config.data.name = args.name
+  print(f"{args.name}: prepared in {pipeline.prepare(config).data_dir}")
+
+
 def _eval(args, overrides):
   del overrides
   from research.training import evaluate
@@ -154,6 +170,15 @@ def parser() -> argparse.ArgumentParser:
   bench.add_argument(
     "--repeats", type=int, default=10, help="timed steps, at least 5 (default: 10)"
   )
+  data = _command(
+    commands, "data", _data, "list the datasets and where they are prepared; prepare one",
+    "Without arguments, lists the datasets this project knows (embedded, from IDX files, any "
+    "TFDS name): prepared or not, where, split sizes and example shape. `data prepare NAME` "
+    "prepares one into the TFDS data dir (--config.data.data_dir, --config.data.source_dir).",
+    config="default.py",
+  )  # fmt: skip
+  data.add_argument("action", nargs="?", choices=("list", "prepare"), default="list")
+  data.add_argument("name", nargs="?", default=None, help="the dataset to prepare")
   ablate = _command(
     commands, "ablate", _ablate,
     "train variants over seeds; tables and plots of accuracy and cost",

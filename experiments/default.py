@@ -9,33 +9,32 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.data = ml_collections.ConfigDict()
-  config.data.name = (
-    "sklearn_digits"  # Or any TFDS image-classification dataset: mnist, cifar10, ...
-  )
-  config.data.data_dir = config_dict.placeholder(
-    str
-  )  # None: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+  # sklearn_digits (embedded), fashion_mnist, mnist, kmnist (from IDX files) or any TFDS
+  # image-classification dataset: `python run.py data` lists them.
+  config.data.name = "sklearn_digits"
+  # The TFDS data dir. None: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+  config.data.data_dir = config_dict.placeholder(str)
+  # Where the IDX files of fashion_mnist, mnist or kmnist are. None: the usual place
+  # (/usr/share/datasets/fashion-mnist for Debian's dataset-fashion-mnist).
+  config.data.source_dir = config_dict.placeholder(str)
   config.data.download = False  # Named TFDS datasets download only when asked (needs network).
   config.data.batch_size = 32
   config.data.eval_batch_size = 128
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = "cnn"  # cnn | resnet | inception (research/models.py).
+  config.model.name = "cnn"  # cnn | resnet | inception (research/nn/models.py).
   config.model.widths = (32, 64)  # One block + 2x2 average pool per width.
   config.model.hidden = 256  # Width of the dense head's hidden layer.
-  config.model.block = (
-    "conv"  # What every KxK conv is: conv | factorized | bottleneck | separable | pointwise.
-  )
+  # What every KxK conv is: conv | factorized | bottleneck | separable | pointwise.
+  config.model.block = "conv"
   config.model.kernel_size = 3
   config.model.padding = "SAME"  # SAME | VALID.
-  config.model.activation = (
-    "relu"  # sigmoid | tanh | relu | leaky_relu | elu | gelu | silu | identity.
-  )
+  # sigmoid | tanh | relu | leaky_relu | elu | gelu | silu | identity.
+  config.model.activation = "relu"
   config.model.negative_slope = 0.01  # leaky_relu's slope below zero.
   config.model.norm = False  # BatchNorm after every convolution.
-  config.model.head = (
-    "dense"  # dense (flatten -> hidden -> classes) | gap (1x1 conv -> global average pool).
-  )
+  # dense (flatten -> hidden -> classes) | gap (1x1 conv -> global average pool).
+  config.model.head = "dense"
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adam"

@@ -6,19 +6,38 @@ sees exactly the batches an uninterrupted run would.
 """
 
 import dataclasses
+import logging
 import os
+import time
 from collections.abc import Iterator
 
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from research.data.datasets import sklearn_digits
+from research.data import idx
+from research.data.datasets import idx_images, sklearn_digits
 from research.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "test")
 
 # Builders that prepare from files an installed package ships: no network, no `download` needed.
 OFFLINE_BUILDERS = {"sklearn_digits": sklearn_digits.SklearnDigits}
+# Datasets prepared from their IDX files (`research.data.datasets.idx_images`), and where the files
+# usually are when `config.data.source_dir` is not set.
+IDX_BUILDERS = {
+  "fashion_mnist": idx_images.FashionMnistIdx,
+  "mnist": idx_images.MnistIdx,
+  "kmnist": idx_images.KmnistIdx,
+}
+IDX_DIRS = {"fashion_mnist": ("/usr/share/datasets/fashion-mnist",), "mnist": (), "kmnist": ()}
 DEFAULT_DATA_DIR = os.path.join("~", "tensorflow_datasets")
+_IDX_HELP = {
+  "fashion_mnist": "install Debian's package (`apt-get install dataset-fashion-mnist`), or ",
+  "mnist": "",
+  "kmnist": "",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,13 +53,17 @@ class Split:
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-  """What the model and the checks need before any data is read."""
+  """What the model and the checks need before any data is read.
+
+  `num_train` and `num_test` are None where only the static metadata of an unprepared dataset is
+  known (`static_info`).
+  """
 
   name: str
   shape: tuple[int, ...]  # One example: [height, width, channels].
   num_classes: int
-  num_train: int
-  num_test: int
+  num_train: int | None
+  num_test: int | None
   pixel_max: float  # Largest raw pixel value (16 for the digits, 255 for 8-bit images).
 
 
@@ -50,22 +73,59 @@ def data_dir(config: ml_collections.ConfigDict) -> str:
   return os.path.abspath(os.path.expanduser(chosen))
 
 
-def _builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
-  """The prepared builder for `config.data.name`, preparing it first when that needs no network."""
+def source_dirs(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """Where the IDX files of `config.data.name` are looked for, in order."""
+  chosen = config.data.get("source_dir")
+  if chosen:
+    return (os.path.abspath(os.path.expanduser(chosen)),)
+  return IDX_DIRS.get(config.data.name, ())
+
+
+def _tfds_builder(name: str, root: str) -> tfds.core.DatasetBuilder:
+  """TFDS's own builder for `name` (not prepared, maybe); an unknown name is a `ConfigError`."""
+  try:
+    return tfds.builder(name, data_dir=root)
+  except tfds.core.registered.DatasetNotFoundError:
+    known = ", ".join([*OFFLINE_BUILDERS, *IDX_BUILDERS])
+    raise ConfigError(
+      "data.name", f"{name!r} is not a TFDS dataset (nor one of this project's: {known})"
+    ) from None
+
+
+def get_builder(
+  config: ml_collections.ConfigDict, prepare: bool = True
+) -> tfds.core.DatasetBuilder:
+  """The builder for `config.data.name`. With `prepare`, a prepared one, preparing it first when
+  that needs no network (or when `config.data.download` allows it); without, possibly unprepared."""
   name, root = config.data.name, data_dir(config)
   if name in OFFLINE_BUILDERS:
     builder = OFFLINE_BUILDERS[name](data_dir=root, file_format="array_record")
-    if not builder.is_prepared():
+    if prepare and not builder.is_prepared():
       builder.download_and_prepare()
     return builder
-  try:
-    builder = tfds.builder(name, data_dir=root)
-  except tfds.core.registered.DatasetNotFoundError:
-    raise ConfigError(
-      "data.name",
-      f"{name!r} is not a TFDS dataset (nor one of this project's: {', '.join(OFFLINE_BUILDERS)})",
-    ) from None
-  if builder.is_prepared():
+  if name in IDX_BUILDERS:
+    builder = _tfds_builder(name, root)
+    if builder.is_prepared():  # TFDS's own, prepared on a networked machine: read as it is.
+      return builder
+    builder = IDX_BUILDERS[name](data_dir=root, file_format="array_record")
+    if builder.is_prepared() or not prepare:
+      return builder
+    directory = next((d for d in source_dirs(config) if idx.find(d, "train")), None)
+    if directory is not None:
+      return _prepare_from_idx(builder, directory)
+    if not config.data.download:
+      dirs = source_dirs(config)
+      where = f"are not in {', '.join(dirs)}" if dirs else "have no usual place"
+      raise DataError(
+        f"dataset {name!r} is not prepared in {root}, and its IDX files "
+        f"({idx.FILES['train'][0]}.gz and the three others) {where}: "
+        f"{_IDX_HELP[name]}put the four files in a directory and pass "
+        "--config.data.source_dir=DIR, or pass --config.data.download=True where this machine "
+        "has network."
+      )
+    return _download(_tfds_builder(name, root), root)
+  builder = _tfds_builder(name, root)
+  if builder.is_prepared() or not prepare:
     return builder
   if not config.data.download:
     raise DataError(
@@ -74,6 +134,25 @@ def _builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
       "then copy that directory here), or pass --config.data.download=True where this machine "
       "has network."
     )
+  return _download(builder, root)
+
+
+def _prepare_from_idx(
+  builder: tfds.core.DatasetBuilder, directory: str
+) -> tfds.core.DatasetBuilder:
+  """Prepares `builder` from the IDX files in `directory`, once: TFDS writes into a temporary
+  directory and renames it when complete, so an interrupted preparation is never read and the next
+  run prepares again."""
+  log.info(f"Preparing {builder.name} from the IDX files in {directory} into {builder.data_dir} "
+           "(once; later runs read it from there).")  # fmt: skip
+  started = time.perf_counter()
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=directory))
+  log.info(f"Prepared {builder.name} in {time.perf_counter() - started:.1f} s.")
+  return builder
+
+
+def _download(builder: tfds.core.DatasetBuilder, root: str) -> tfds.core.DatasetBuilder:
+  name = builder.name
   try:
     builder.download_and_prepare(file_format="array_record")
   except Exception as e:
@@ -82,6 +161,11 @@ def _builder(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
       f"check the network, or prepare it elsewhere with `tfds build {name}`."
     ) from None
   return builder
+
+
+def prepare(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:
+  """Prepares `config.data.name` into the data dir unless it is (`python run.py data prepare`)."""
+  return get_builder(config)
 
 
 def _keys(builder: tfds.core.DatasetBuilder) -> tuple[str, str]:
@@ -93,17 +177,19 @@ def _keys(builder: tfds.core.DatasetBuilder) -> tuple[str, str]:
   return keys
 
 
-def info(config: ml_collections.ConfigDict) -> DatasetInfo:
-  """Shape, classes and sizes of the configured dataset (prepares the embedded one if needed)."""
-  builder = _builder(config)
+def _info(builder: tfds.core.DatasetBuilder, static: bool) -> DatasetInfo:
   image_key, label_key = _keys(builder)
   feature = builder.info.features[image_key]
   splits = builder.info.splits
-  for split in ("train", "test"):
-    if split not in splits:
-      raise DataError(
-        f"TFDS dataset {builder.name!r} has no {split!r} split (it has: {', '.join(splits)})"
-      )
+  sizes = {split: splits[split].num_examples if split in splits else None for split in SPLITS}
+  if isinstance(builder, idx_images._IdxImages):  # Known before they are prepared.
+    sizes = dict(builder.NUM_EXAMPLES)
+  if not static:
+    for split in SPLITS:
+      if split not in splits:
+        raise DataError(
+          f"TFDS dataset {builder.name!r} has no {split!r} split (it has: {', '.join(splits)})"
+        )
   dtype = np.dtype(feature.np_dtype)
   pixel_max = (
     float(sklearn_digits.PIXEL_MAX)
@@ -114,15 +200,27 @@ def info(config: ml_collections.ConfigDict) -> DatasetInfo:
     name=builder.name,
     shape=tuple(feature.shape),
     num_classes=builder.info.features[label_key].num_classes,
-    num_train=splits["train"].num_examples,
-    num_test=splits["test"].num_examples,
+    num_train=sizes["train"],
+    num_test=sizes["test"],
     pixel_max=pixel_max,
   )
 
 
+def info(config: ml_collections.ConfigDict) -> DatasetInfo:
+  """Shape, classes and sizes of the configured dataset, preparing it if it needs no network."""
+  return _info(get_builder(config), static=False)
+
+
+def static_info(config: ml_collections.ConfigDict) -> DatasetInfo:
+  """Shape and classes of the configured dataset from its builder's static metadata: nothing is
+  downloaded, prepared or read (`run.py cost` and `run.py bench` need no data). The split sizes
+  are None where they are not known without preparing."""
+  return _info(get_builder(config, prepare=False), static=True)
+
+
 def load(config: ml_collections.ConfigDict) -> tuple[Split, Split]:
   """The (train, test) splits of the configured dataset, read whole into memory."""
-  builder = _builder(config)
+  builder = get_builder(config)
   image_key, label_key = _keys(builder)
   splits = []
   for split in ("train", "test"):
@@ -199,7 +297,7 @@ def eval_batches(split: Split, stats, batch_size: int) -> Iterator[dict]:
 
 def check(config: ml_collections.ConfigDict, dataset: DatasetInfo, num_devices: int) -> None:
   """Batch sizes that cannot work with this dataset or device count, as a `ConfigError`."""
-  if config.data.batch_size > dataset.num_train:
+  if dataset.num_train is not None and config.data.batch_size > dataset.num_train:
     raise ConfigError(
       "data.batch_size",
       f"{config.data.batch_size} is larger than the {dataset.num_train} "

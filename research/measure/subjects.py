@@ -183,7 +183,8 @@ def model_subject(config: ml_collections.ConfigDict) -> Subject:
   )
   from research.training import state as state_lib
 
-  plan = plan_lib.make_plan(config)
+  # Random data of the dataset's shape: none is read, nothing is prepared.
+  plan = plan_lib.make_plan(config, static=True)
   state = state_lib.create_train_state(plan.model, plan.tx, config.seed, plan.dataset.shape)
   rng = np.random.default_rng(config.seed)  # NumPy: see `_filled`.
   batch_shape = (config.data.batch_size, *plan.dataset.shape)

@@ -41,9 +41,8 @@ def conv(
       f"outputs, but it expects {kernel.shape[-2]} inputs x {groups} groups and a "
       f"multiple of {groups} outputs",
     )
-  shapes.conv_output_shape(
-    x.shape[1:-1], kernel.shape[:-2], strides, padding, dilation
-  )  # Raises if impossible.
+  # Raises if the kernel does not fit.
+  shapes.conv_output_shape(x.shape[1:-1], kernel.shape[:-2], strides, padding, dilation)
   sp = _SPATIAL[ndim]
   return lax.conv_general_dilated(
     x,

@@ -177,9 +177,8 @@ def _show_signed(ax, x: np.ndarray) -> None:
   """The channel mean on a diverging map centred at 0 (red > 0 > blue),
   saturating at the 99th percentile."""
   mean = x.mean(-1)
-  limit = (
-    float(np.percentile(np.abs(mean), 99)) or 1.0
-  )  # A few extreme pixels would wash out the rest.
+  # Saturate at the 99th percentile: a few extreme pixels would wash out the rest.
+  limit = float(np.percentile(np.abs(mean), 99)) or 1.0
   ax.imshow(mean, cmap="RdBu_r", vmin=-limit, vmax=limit)
 
 

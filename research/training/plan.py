@@ -47,15 +47,24 @@ class Plan:
     return jax.device_put(state, self.shardings()[0])
 
 
-def make_plan(config: ml_collections.ConfigDict) -> Plan:
-  """Checks everything that can be wrong with `config`
-  (a `ConfigError` naming the key) and plans the run."""
+def make_plan(config: ml_collections.ConfigDict, static: bool = False) -> Plan:
+  """Checks everything that can be wrong with `config` (a `ConfigError` naming the key) and plans
+  the run.
+
+  With `static`, the dataset is described by its builder's static metadata only (nothing is
+  prepared or read: enough for `run.py cost` and `bench`); where its size is then unknown, an epoch
+  counts as one step for the learning-rate schedule.
+  """
   config_lib.validate(config)
-  dataset = data.info(config)
+  dataset = data.static_info(config) if static else data.info(config)
   devices = tuple(jax.local_devices())
   data.check(config, dataset, len(devices))
   model = build_model(config.model, dataset.num_classes, dataset.shape)
-  steps_per_epoch = data.steps_per_epoch(dataset.num_train, config.data.batch_size)
+  steps_per_epoch = (
+    1
+    if dataset.num_train is None
+    else data.steps_per_epoch(dataset.num_train, config.data.batch_size)
+  )
   total_steps = steps_per_epoch * config.train.num_epochs
   tx, schedule = build_optimizer(config, total_steps, steps_per_epoch)
   return Plan(dataset, model, steps_per_epoch, total_steps, tx, schedule, devices)

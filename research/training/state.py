@@ -42,9 +42,8 @@ def create_train_state(
       rng=jax.random.fold_in(key, 1),
     )
 
-  return jax.jit(init)(
-    jax.random.PRNGKey(seed)
-  )  # One compilation, not one per optimizer-state leaf.
+  # One compilation, not one per optimizer-state leaf.
+  return jax.jit(init)(jax.random.PRNGKey(seed))
 
 
 def all_finite(tree: Any) -> bool:

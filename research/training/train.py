@@ -220,9 +220,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Returns the last metrics record (see `training.metrics`).
   """
-  plan = make_plan(
-    config
-  )  # Everything that can be wrong with the config is found before anything is written.
+  # Everything that can be wrong with the config is found before anything is written.
+  plan = make_plan(config)
   workdir = prepare_workdir(workdir)
   with lock.hold(workdir), _sigterm_event() as sigterm:
     return _train(config, plan, workdir, sigterm)
@@ -289,8 +288,11 @@ def _train(
 
   # ---------------------------------------------------------------------------------------------
   # Data, compiled steps and the sinks.
+  loading = time.perf_counter()
   train, test = data.load(config)
   stats = data.normalizer(train, plan.dataset.pixel_max)
+  log.info(f"Read {len(train)} train and {len(test)} test examples into memory in "
+           f"{time.perf_counter() - loading:.1f} s (once per run).")  # fmt: skip
   replicated, split_batch = plan.shardings()
   train_fn = jax.jit(
     train_step,
@@ -322,9 +324,8 @@ def _train(
   try:
     for epoch in range(start // spe, config.train.num_epochs):
       started = time.perf_counter()
-      skip = (
-        step - epoch * spe
-      )  # Batches of this epoch done before a mid-epoch checkpoint; 0 otherwise.
+      # Batches of this epoch done before a mid-epoch checkpoint; 0 otherwise.
+      skip = step - epoch * spe
       if not skip:
         epoch_log = EpochLog()
       batches = data.train_batches(train, stats, config.data.batch_size, config.seed, epoch)

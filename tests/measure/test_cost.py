@@ -189,3 +189,15 @@ def test_cli_cost_reports_a_bad_config_in_one_line():
   assert result.stderr.strip().splitlines() == [
     "error: config.cost.tables: names 'nope', but there is no section cost.nope"
   ]
+
+
+def test_a_models_cost_needs_the_shape_of_a_named_dataset_not_its_data(tmp_path):
+  config = config_lib.load_config(os.path.join(ROOT, "experiments", "default.py"))
+  config_lib.apply_overrides(
+    config,
+    ["data.name=cifar10", f"data.data_dir={tmp_path}", "model.widths=(4,)", "model.hidden=8"],
+  )
+  [row] = cost.run(config)["tables"][0]["settings"][0]["rows"]
+  # 32x32x3: conv 3x3 3->4, pool -> 16x16x4, dense 1024 -> 8, dense 8 -> 10.
+  assert row["params"] == (27 * 4 + 4) + (16 * 16 * 4 * 8 + 8) + (8 * 10 + 10)
+  assert os.listdir(tmp_path) == []

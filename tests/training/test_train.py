@@ -114,17 +114,17 @@ def test_unprepared_named_dataset_fails_fast_with_one_sentence(tmp_path):
   result = run_cli(
     "train",
     f"--workdir={tmp_path / 'run'}",
-    "--config.data.name=mnist",
+    "--config.data.name=cifar10",
     f"--config.data.data_dir={tmp_path / 'empty'}",
     timeout=60,
   )
   assert result.returncode == 2, result.stderr
   message = result.stderr.strip()
   assert (
-    message.startswith("error: TFDS dataset 'mnist' is not prepared in")
+    message.startswith("error: TFDS dataset 'cifar10' is not prepared in")
     and "Traceback" not in message
   )
-  assert str(tmp_path / "empty") in message and "tfds build mnist" in message
+  assert str(tmp_path / "empty") in message and "tfds build cifar10" in message
   assert not (tmp_path / "run").exists()
 
 
