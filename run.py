@@ -203,7 +203,7 @@ def main(argv: list[str]) -> int:
     return 2
   from absl import logging as absl_logging
 
-  from research.errors import UserError
+  from research.errors import EXIT_ABORTED, UserError
 
   absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS and Orbax warn about normal events.
   try:
@@ -211,7 +211,10 @@ def main(argv: list[str]) -> int:
       args.run(args, overrides)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
-    return 2
+    return e.exit_code
+  except KeyboardInterrupt:  # A second Ctrl-C in training, or one outside it.
+    print("error: aborted by Ctrl-C; nothing was saved since the last checkpoint", file=sys.stderr)
+    return EXIT_ABORTED
   return 0
 
 

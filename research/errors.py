@@ -1,8 +1,23 @@
-"""Errors a user can meet and fix. `run.py` prints them as one line and exits 2."""
+"""Errors a user can meet and fix. `run.py` prints each as one line, `error: ...`, and exits with
+its `exit_code`:
+
+| code | meaning |
+|---:|---|
+| 0 | done |
+| 1 | internal error: a bug in convlab (the only case with a traceback; please report it) |
+| 2 | user error: a config value, file, dataset, checkpoint or workdir to fix (`UserError`) |
+| 3 | interrupted: SIGTERM or Ctrl-C stopped the run after saving it; rerun to resume |
+| 4 | diverged: the loss or parameters stopped being finite; nothing was saved after it |
+| 130 | aborted: a second Ctrl-C, or Ctrl-C outside training; nothing saved then |
+"""
+
+EXIT_ABORTED = 130  # The shell's code for a process ended by SIGINT.
 
 
 class UserError(Exception):
   """Base class: the message says what is wrong, which key or file, and what to do."""
+
+  exit_code = 2
 
 
 class ConfigError(UserError):
@@ -21,10 +36,19 @@ class CheckpointError(UserError):
   """A checkpoint or workdir is missing, corrupt, locked or incompatible."""
 
 
+class CheckpointGone(CheckpointError):
+  """A checkpoint was deleted while it was read, by the run training in the workdir (its keep
+  policy)."""
+
+
 class TrainingDiverged(UserError):
-  """The loss or the parameters stopped being finite;
-  names the step and the last good checkpoint."""
+  """The loss or the parameters stopped being finite; names the step and the last good
+  checkpoint."""
+
+  exit_code = 4
 
 
 class Interrupted(UserError):
-  """SIGTERM stopped the run after it saved a checkpoint; rerunning the same command resumes it."""
+  """SIGTERM or Ctrl-C stopped the run after it saved a checkpoint; rerunning resumes it."""
+
+  exit_code = 3

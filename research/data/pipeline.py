@@ -3,13 +3,18 @@
 Every dataset, the embedded default included, is read through a TFDS builder's array_record data
 source (no TensorFlow needed). The batch order is a pure function of (seed, epoch), so a resumed run
 sees exactly the batches an uninterrupted run would.
+
+Preparing a dataset holds an exclusive lock, `<data dir>/<builder name>.prepare.lock`: runs that
+share a data dir prepare each dataset once, and the others wait for it and then read it.
 """
 
+import contextlib
 import dataclasses
+import fcntl
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import ml_collections
 import numpy as np
@@ -99,9 +104,13 @@ def get_builder(
   that needs no network (or when `config.data.download` allows it); without, possibly unprepared."""
   name, root = config.data.name, data_dir(config)
   if name in OFFLINE_BUILDERS:
-    builder = OFFLINE_BUILDERS[name](data_dir=root, file_format="array_record")
+
+    def make() -> tfds.core.DatasetBuilder:
+      return OFFLINE_BUILDERS[name](data_dir=root, file_format="array_record")
+
+    builder = make()
     if prepare and not builder.is_prepared():
-      builder.download_and_prepare()
+      return _prepare_once(builder, make, root, lambda b: b.download_and_prepare())
     return builder
   if name in IDX_BUILDERS:
     builder = _tfds_builder(name, root)
@@ -112,7 +121,7 @@ def get_builder(
       return builder
     directory = next((d for d in source_dirs(config) if idx.find(d, "train")), None)
     if directory is not None:
-      return _prepare_from_idx(builder, directory)
+      return _prepare_from_idx(builder, directory, root)
     if not config.data.download:
       dirs = source_dirs(config)
       where = f"are not in {', '.join(dirs)}" if dirs else "have no usual place"
@@ -137,30 +146,100 @@ def get_builder(
   return _download(builder, root)
 
 
+@contextlib.contextmanager
+def _preparing(root: str, name: str) -> Iterator[None]:
+  """Holds the exclusive lock on preparing dataset `name` in the data dir `root`, waiting for
+  another process that holds it. Creates `root` where it does not exist.
+
+  The lock file is kept afterwards (an empty file; the catalog lists only directories): removing
+  it could let a process that opened it before the removal and one that creates it anew hold
+  "the" lock at once.
+  """
+  try:
+    os.makedirs(root, exist_ok=True)
+  except FileExistsError:
+    raise DataError(
+      f"the data dir {root} is a file, not a directory: pass --config.data.data_dir=DIR with a "
+      "directory, or move the file."
+    ) from None
+  except OSError as e:
+    raise DataError(
+      f"the data dir {root} cannot be created ({e.strerror or e}): pass "
+      "--config.data.data_dir=DIR with a directory this user can write."
+    ) from None
+  path = os.path.join(root, f"{name}.prepare.lock")
+  try:
+    lock = open(path, "a")
+  except OSError as e:
+    raise DataError(
+      f"the data dir {root} is not a writable directory: cannot open the lock file {path} "
+      f"({e.strerror or e}); pass --config.data.data_dir=DIR with a directory this user can write."
+    ) from None
+  with lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      log.info(f"waiting for another process preparing {name} in {root}")
+      fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)  # Closing the file would release it too.
+
+
+def _prepare_once(
+  builder: tfds.core.DatasetBuilder,
+  make: Callable[[], tfds.core.DatasetBuilder],
+  root: str,
+  prepare: Callable[[tfds.core.DatasetBuilder], None],
+) -> tfds.core.DatasetBuilder:
+  """The dataset of `builder` (found unprepared) prepared by `prepare`, unless another process did
+  it first: holding the lock on preparing it, a fresh builder from `make` (a builder reads only
+  what was prepared before it was made) is checked again and prepared only if it still is not.
+  Returns the fresh builder."""
+  with _preparing(root, builder.name):
+    builder = make()
+    if builder.is_prepared():
+      log.info(f"Another process prepared {builder.name} in {root}: reading it from there.")
+    else:
+      prepare(builder)
+  return builder
+
+
 def _prepare_from_idx(
-  builder: tfds.core.DatasetBuilder, directory: str
+  builder: tfds.core.DatasetBuilder, directory: str, root: str
 ) -> tfds.core.DatasetBuilder:
   """Prepares `builder` from the IDX files in `directory`, once: TFDS writes into a temporary
   directory and renames it when complete, so an interrupted preparation is never read and the next
   run prepares again."""
-  log.info(f"Preparing {builder.name} from the IDX files in {directory} into {builder.data_dir} "
-           "(once; later runs read it from there).")  # fmt: skip
-  started = time.perf_counter()
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=directory))
-  log.info(f"Prepared {builder.name} in {time.perf_counter() - started:.1f} s.")
-  return builder
+
+  def prepare(builder: tfds.core.DatasetBuilder) -> None:
+    log.info(f"Preparing {builder.name} from the IDX files in {directory} into "
+             f"{builder.data_dir} (once; later runs read it from there).")  # fmt: skip
+    started = time.perf_counter()
+    config = tfds.download.DownloadConfig(manual_dir=directory)
+    builder.download_and_prepare(download_config=config)
+    log.info(f"Prepared {builder.name} in {time.perf_counter() - started:.1f} s.")
+
+  kind = type(builder)
+  return _prepare_once(
+    builder, lambda: kind(data_dir=root, file_format="array_record"), root, prepare
+  )
 
 
 def _download(builder: tfds.core.DatasetBuilder, root: str) -> tfds.core.DatasetBuilder:
   name = builder.name
-  try:
-    builder.download_and_prepare(file_format="array_record")
-  except Exception as e:
-    raise DataError(
-      f"could not download TFDS dataset {name!r} into {root} ({type(e).__name__}: {e}); "
-      f"check the network, or prepare it elsewhere with `tfds build {name}`."
-    ) from None
-  return builder
+
+  def prepare(builder: tfds.core.DatasetBuilder) -> None:
+    try:
+      builder.download_and_prepare(file_format="array_record")
+    except Exception as e:
+      raise DataError(
+        f"could not download TFDS dataset {name!r} into {root} ({type(e).__name__}: {e}); "
+        f"check the network, or prepare it elsewhere with `tfds build {name}`."
+      ) from None
+
+  return _prepare_once(builder, lambda: _tfds_builder(name, root), root, prepare)
 
 
 def prepare(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:

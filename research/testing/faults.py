@@ -1,7 +1,8 @@
 """Deterministic crash points for the crash-safety tests, injected from outside the library.
 
-A fault is `ACTION@POINT:STEP`. ACTION is `kill` (SIGKILL: nothing gets to clean up) or `term`
-(SIGTERM: what a scheduler sends before it preempts). POINT says where, at training step STEP
+A fault is `ACTION@POINT:STEP`. ACTION is `kill` (SIGKILL: nothing gets to clean up), `term`
+(SIGTERM: what a scheduler sends before it preempts), `int` (SIGINT: Ctrl-C) or `int2` (Ctrl-C
+twice). POINT says where, at training step STEP
 (counted from 1):
   step    right after the step is dispatched, once earlier saves have committed;
   save    right after an asynchronous save of STEP started, its files half written;
@@ -27,7 +28,13 @@ from collections.abc import Iterator
 
 from research.training import checkpoint, train
 
-SIGNALS = {"kill": signal.SIGKILL, "term": signal.SIGTERM}
+# `int2`: two SIGINTs in a row (a user pressing Ctrl-C twice).
+SIGNALS = {
+  "kill": signal.SIGKILL,
+  "term": signal.SIGTERM,
+  "int": signal.SIGINT,
+  "int2": signal.SIGINT,
+}
 POINTS = ("step", "save", "commit")
 
 
@@ -47,6 +54,7 @@ def parse(fault: str) -> tuple[signal.Signals, str, int]:
 def injected(fault: str) -> Iterator[None]:
   """Inside the `with`, this process sends itself the fault's signal at its point and step."""
   sig, point, at = parse(fault)
+  times = 2 if fault.startswith("int2@") else 1
   originals = {
     "save": checkpoint.save,
     "seal": checkpoint.seal,
@@ -60,7 +68,8 @@ def injected(fault: str) -> Iterator[None]:
       if where == "step":  # Let earlier saves commit, so that the test knows the state it kills.
         for manager in managers:
           manager.wait_until_finished()
-      os.kill(os.getpid(), sig)
+      for _ in range(times):
+        os.kill(os.getpid(), sig)
 
   def make_manager(*args, **kwargs):
     managers.append(originals["make_manager"](*args, **kwargs))

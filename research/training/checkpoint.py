@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -28,7 +29,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from research.errors import CheckpointError
+from research.errors import CheckpointError, CheckpointGone
 
 log = logging.getLogger(__name__)
 
@@ -225,35 +226,30 @@ def _quarantine(workdir: str, step: int, reason: str) -> str:
   return target
 
 
-def latest_valid(workdir: str, quarantine: bool) -> int | None:
-  """The newest step that passes `verify`, or None when there is no step at all.
+def latest_valid(workdir: str, quarantine: bool, below: int | None = None) -> int | None:
+  """The newest step (older than `below`, if given) that passes `verify`, or None when there is no
+  such step at all.
 
   Each newer step that fails is named in a logged warning and, with `quarantine`, moved to
   `<workdir>/quarantine/`: the run will save those steps again. When steps exist but none is valid:
   a `CheckpointError`, nothing moved.
   """
-  found, bad = steps(workdir), []
+  found, bad = [s for s in steps(workdir) if below is None or s < below], []
   for step in reversed(found):
     reason = verify(os.path.join(directory(workdir), str(step)))
     if reason is None:
       break
+    if not os.path.isdir(os.path.join(directory(workdir), str(step))):
+      continue  # Deleted while verified (a live run's keep policy): gone, not corrupt.
     bad.append((step, reason))
   else:
     if bad:
-      raise CheckpointError(
-        f"no valid checkpoint in {directory(workdir)}: "
-        + "; ".join(f"step {s}: {r}" for s, r in bad)
-        + ". Nothing was moved. To start this run afresh, move that directory away "
-        "(or train into a new --workdir)."
-      )
+      raise _none_usable(workdir, "no valid checkpoint", bad)
     return None
   for bad_step, reason in bad:
     path = os.path.join(directory(workdir), str(bad_step))
     if quarantine:
-      log.warning(
-        f"warning: checkpoint {path} is corrupt: {reason}. Moved it to "
-        f"{_quarantine(workdir, bad_step, reason)} for inspection; falling back to step {step}."
-      )
+      _set_aside(workdir, bad_step, reason, step)
     else:
       log.warning(
         f"warning: checkpoint {path} is corrupt: {reason}. Skipping it; using step {step}."
@@ -261,33 +257,133 @@ def latest_valid(workdir: str, quarantine: bool) -> int | None:
   return step
 
 
-def _read(workdir: str, step: int, items: dict) -> Any:
-  path = os.path.join(directory(workdir), str(step))
+def snapshot(workdir: str, step: int, into: str) -> str:
+  """Copies step `step` of `workdir` into the folder `into` and returns the copy's path: a copy that
+  a live run's keep policy cannot delete while it is read. A `CheckpointGone` if the step was
+  deleted before or while it was copied."""
+  source, target = os.path.join(directory(workdir), str(step)), os.path.join(into, str(step))
+  shutil.rmtree(target, ignore_errors=True)
+  try:
+    shutil.copytree(source, target)
+  except (FileNotFoundError, shutil.Error):
+    if not os.path.isdir(source):
+      raise CheckpointGone(
+        f"checkpoint {source} was deleted while it was read: a run training in {workdir} keeps "
+        "only its newest and best steps and removed it"
+      ) from None
+    raise
+  return target
+
+
+def _read(workdir: str, step: int, items: dict, path: str | None = None) -> Any:
+  path = path or os.path.join(directory(workdir), str(step))
   checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
   try:
     return checkpointer.restore(path, args=ocp.args.Composite(**items))
-  except Exception as e:  # Orbax raises many types; all mean the same here.
-    raise CheckpointError(
-      f"checkpoint {path} passed its checksums but could not be restored onto this code's "
-      f"train state ({type(e).__name__}: {e}); if the model code changed since it was saved, "
-      "train into a new --workdir"
-    ) from None
+  except Exception as e:  # Orbax raises many types; what matters is below.
+    if not os.path.isdir(path):
+      raise CheckpointGone(
+        f"checkpoint {path} was deleted while it was read: a run training in {workdir} keeps "
+        "only its newest and best steps and removed it"
+      ) from None
+    raise Unrestorable(path, _first_line(e)) from None
   finally:
     checkpointer.close()
 
 
-def read_meta(workdir: str, step: int) -> dict:
-  """The `meta` of `step` (data position, unfinished epoch's step metrics, metrics, config).
-  Verify it first."""
-  return _read(workdir, step, {"meta": ocp.args.JsonRestore()}).meta
+def _first_line(e: Exception) -> str:
+  """`Type: message` of `e`, its first line only and at most 200 characters."""
+  text = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+  return text if len(text) <= 200 else text[:197] + "..."
 
 
-def restore(workdir: str, step: int, target: Any = None) -> tuple[Any, dict]:
-  """(state, meta) of `step`. With `target`, the state takes its tree structure, shapes, dtypes and
-  shardings; without, it is restored as saved. Verify the step first (`verify`)."""
+class Unrestorable(CheckpointError):
+  """A step that passed its checksums but could not be restored (`why`: the cause, one line)."""
+
+  def __init__(self, path: str, why: str):
+    self.path, self.why = path, why
+    super().__init__(f"checkpoint {path} passed its checksums but could not be restored ({why})")
+
+
+def restore_newest(
+  workdir: str, target: Any, check_meta: Callable[[int, dict], None] | None = None
+) -> tuple[int, Any, dict] | None:
+  """(step, state, meta) of the newest step that passes `verify` and restores onto `target`, or None
+  when there is no step at all.
+
+  Steps that fail their checksums are quarantined as by `latest_valid`. A step that passes them but
+  cannot be read is corrupt too (garbage re-checksummed metadata, corrupt compressed data): once an
+  older step restores, each such newer step is moved to quarantine with its reason. If the step's
+  data reads back but not onto `target`, the model code changed: a `CheckpointError` saying to train
+  into a new workdir, nothing moved. If no step restores, a `CheckpointError` naming each step
+  and why, nothing moved. `check_meta(step, meta)` may refuse a step's meta (it raises).
+  """
+  failed = []
+  while (
+    step := latest_valid(workdir, quarantine=True, below=failed[-1][0] if failed else None)
+  ) is not None:
+    path = os.path.join(directory(workdir), str(step))
+    try:
+      meta = read_meta(workdir, step)
+      if check_meta is not None:
+        check_meta(step, meta)
+      state, meta = restore(workdir, step, target)
+    except Unrestorable as e:
+      try:
+        restore(workdir, step)  # As saved: the data is sound, so the state's structure changed.
+      except Unrestorable:
+        failed.append((step, e.why))
+        continue
+      raise CheckpointError(
+        f"checkpoint {path} holds a train state of another structure than this code's model "
+        f"({e.why}): the model code changed since it was saved; train into a new --workdir, or "
+        "run the code it was saved with"
+      ) from None
+    for bad, why in failed:
+      _set_aside(workdir, bad, f"it passed its checksums but could not be restored ({why})", step)
+    return step, state, meta
+  if failed:
+    raise _none_usable(workdir, "no checkpoint restores", failed)
+  return None
+
+
+def _set_aside(workdir: str, step: int, reason: str, fallback: int) -> None:
+  """Quarantines corrupt step `step` and says so in one line."""
+  path = os.path.join(directory(workdir), str(step))
+  log.warning(
+    f"warning: checkpoint {path} is corrupt: {reason}. Moved it to "
+    f"{_quarantine(workdir, step, reason)} for inspection; falling back to step {fallback}."
+  )
+
+
+def _none_usable(workdir: str, what: str, failures: list[tuple[int, str]]) -> CheckpointError:
+  """The error when no step of `workdir` can be used: each step and why, in one line."""
+  return CheckpointError(
+    f"{what} in {directory(workdir)}: "
+    + "; ".join(f"step {s}: {why}" for s, why in failures)
+    + ". Nothing was moved. To start this run afresh, move that directory away (or train into a "
+    "new --workdir)."
+  )
+
+
+def read_meta(workdir: str, step: int, path: str | None = None) -> dict:
+  """The `meta` of `step` (data position, unfinished epoch's step metrics, metrics, config), read
+  from `path` if given (a `snapshot` of the step). Verify it first."""
+  return _read(workdir, step, {"meta": ocp.args.JsonRestore()}, path).meta
+
+
+def restore(
+  workdir: str, step: int, target: Any = None, path: str | None = None
+) -> tuple[Any, dict]:
+  """(state, meta) of `step`, read from `path` if given (a `snapshot` of the step). With `target`,
+  the state takes its tree structure, shapes, dtypes and shardings; without, it is restored as
+  saved. Verify the step first (`verify`)."""
   abstract = None if target is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   restored = _read(
-    workdir, step, {"state": ocp.args.StandardRestore(abstract), "meta": ocp.args.JsonRestore()}
+    workdir,
+    step,
+    {"state": ocp.args.StandardRestore(abstract), "meta": ocp.args.JsonRestore()},
+    path,
   )
   return restored.state, restored.meta
 

@@ -8,7 +8,9 @@ so a checkpoint can be evaluated while its run goes on.
 """
 
 import json
+import logging
 import os
+import tempfile
 from collections.abc import Callable
 
 import jax
@@ -16,10 +18,13 @@ import jax.numpy as jnp
 import ml_collections
 
 from research.data import pipeline as data
-from research.errors import CheckpointError
+from research.errors import CheckpointError, CheckpointGone
 from research.training import checkpoint
 from research.training.plan import Plan, make_plan
 from research.training.state import TrainState, eval_step
+
+log = logging.getLogger(__name__)
+READ_ATTEMPTS = 5  # Newest checkpoints tried in turn while a live run deletes old ones.
 
 Evaluator = Callable[[TrainState], dict]  # state -> {"test_loss", "test_accuracy"}
 
@@ -61,25 +66,42 @@ def evaluate_checkpoint(workdir: str, step: int | None = None) -> dict:
       f"no checkpoint in {checkpoint.directory(workdir)}; train into this workdir "
       f"first (python run.py train --workdir={workdir})"
     )
-  if step is None:
-    step = checkpoint.latest_valid(workdir, quarantine=False)
-  elif step not in available:
+  if step is not None and step not in available:
     raise CheckpointError(
       f"no checkpoint of step {step} in {checkpoint.directory(workdir)}; it holds "
       f"steps {', '.join(map(str, available))}"
     )
-  else:
-    path = os.path.join(checkpoint.directory(workdir), str(step))
-    reason = checkpoint.verify(path)
-    if reason is not None:
-      raise CheckpointError(
-        f"checkpoint {path} is corrupt: {reason}; evaluate another step (it holds "
-        f"steps {', '.join(map(str, available))})"
+  with tempfile.TemporaryDirectory(prefix="convlab-eval-") as scratch:
+    for attempt in range(1, READ_ATTEMPTS + 1):
+      chosen = step if step is not None else checkpoint.latest_valid(workdir, quarantine=False)
+      if chosen is None:
+        raise CheckpointError(f"no checkpoint left in {checkpoint.directory(workdir)}")
+      try:
+        # A copy: a run training in this workdir deletes old steps under its keep policy.
+        copy = checkpoint.snapshot(workdir, chosen, scratch)
+      except CheckpointGone as e:
+        # When no step was asked for, the newest one is what is wanted: take the new newest one.
+        if step is not None or attempt == READ_ATTEMPTS:
+          raise CheckpointGone(
+            f"{e}; evaluate a step the run keeps (python run.py eval --workdir={workdir}), or "
+            "wait for it to end"
+          ) from None
+        log.info(f"{e}; evaluating the newest checkpoint instead.")
+        continue
+      reason = checkpoint.verify(copy)
+      if reason is not None:
+        raise CheckpointError(
+          f"checkpoint {os.path.join(checkpoint.directory(workdir), str(chosen))} is corrupt: "
+          f"{reason}; evaluate another step (it holds steps {', '.join(map(str, available))})"
+        )
+      meta = checkpoint.read_meta(workdir, chosen, path=copy)
+      config = ml_collections.ConfigDict(meta["config"])
+      plan = make_plan(config)
+      state, _ = checkpoint.restore(
+        workdir, chosen, target=plan.initial_state(config.seed), path=copy
       )
-  meta = checkpoint.read_meta(workdir, step)
-  config = ml_collections.ConfigDict(meta["config"])
-  plan = make_plan(config)
-  state, _ = checkpoint.restore(workdir, step, target=plan.initial_state(config.seed))
+      break
+  step = chosen
   train, test = data.load(config)
   evaluate = make_evaluator(
     plan, test, data.normalizer(train, plan.dataset.pixel_max), config.data.eval_batch_size

@@ -4,6 +4,13 @@
 `train_accuracy`, `test_loss`, `test_accuracy` and `learning_rate`: only values that the config and
 seed determine, so two runs of one config give identical files. Wall-clock figures go to stdout and
 TensorBoard.
+
+Torn lines: `MetricWriter.write` writes each record as one `write()` of the whole line, its "\\n"
+included, then flushes and fsyncs it before the next one, so a crash or a full disk mid-write can
+only leave the last line incomplete. `read` drops such a last line with a warning (its record was
+never committed), and `truncate_after`, which every run calls before it appends, rewrites the file
+without it, so the next record starts on a fresh line. A line that does not parse anywhere else is
+corruption, not a cut-short write: a `CheckpointError`.
 """
 
 import json
@@ -12,26 +19,63 @@ import os
 
 import tensorboardX
 
+from research.errors import CheckpointError
+
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 
 
+def _parse(line: bytes) -> dict | None:
+  """The record on one line, or None where it is not a JSON object."""
+  try:
+    record = json.loads(line)
+  except ValueError:  # JSONDecodeError, or UnicodeDecodeError from a line cut inside a character.
+    return None
+  return record if isinstance(record, dict) else None
+
+
 def read(workdir: str) -> list[dict]:
-  """The records of `<workdir>/metrics.jsonl`, oldest first ([] if there is none)."""
+  """The records of `<workdir>/metrics.jsonl`, oldest first ([] if there is none).
+
+  An incomplete last line (no "\\n" at its end, or not a JSON object) is dropped with a warning;
+  a line that does not parse before it raises `CheckpointError`.
+  """
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  with open(path, "rb") as f:
+    data = f.read()
+  *complete, tail = data.split(b"\n")  # `tail`: what follows the last "\n" (b"" when nothing).
+  lines = [line + b"\n" for line in complete] + ([tail] if tail else [])
+  numbered = [(number, line) for number, line in enumerate(lines, 1) if line.strip()]
+  records = []
+  for number, line in numbered:
+    record = _parse(line) if line.endswith(b"\n") else None
+    if record is not None:
+      records.append(record)
+    elif number == numbered[-1][0]:
+      log.warning(
+        f"dropped the incomplete last line {number} of {path} ({len(line)} bytes): a write was "
+        "cut short (a crash or a full disk); the records before it are kept."
+      )
+    else:
+      raise CheckpointError(
+        f"{path} is corrupt: line {number} of {len(lines)} is not a JSON record, and only the "
+        "last line can be a cut-short write; repair or delete that line, or start a fresh workdir."
+      )
+  return records
 
 
 def truncate_after(workdir: str, step: int) -> None:
-  """Drops records past `step`: a resumed run rewrites what came after its checkpoint."""
+  """Drops records past `step`, and an incomplete last line: a resumed run rewrites what came
+  after its checkpoint, each record on a line of its own."""
   records = [r for r in read(workdir) if r["step"] <= step]
   path = os.path.join(workdir, METRICS_FILE)
   with open(path + ".tmp", "w") as f:
     f.writelines(json.dumps(r) + "\n" for r in records)
+    f.flush()
+    os.fsync(f.fileno())  # On disk before it replaces the old file.
   os.replace(path + ".tmp", path)
 
 
@@ -45,8 +89,10 @@ class MetricWriter:
   def write(self, record: dict, timing: dict) -> None:
     """`record`: deterministic metrics (to every sink); `timing`: seconds and rates
     (stdout, TensorBoard)."""
+    # One write() of the whole line, then on disk: only the last line of the file can be torn.
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
+    os.fsync(self._file.fileno())
     for key, value in {**record, **timing}.items():
       if key not in ("step", "epoch"):
         self._tb.add_scalar(key, value, record["step"])

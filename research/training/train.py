@@ -5,8 +5,8 @@ replicated; XLA inserts the gradient all-reduce. The same code runs on CPU, GPU 
 
 Crash safety: a run holds `<workdir>/run.lock`, saves asynchronously under the `config.train` policy
 and resumes from the newest valid checkpoint, mid-epoch included: killed at any point and rerun, it
-ends with the parameters of an uninterrupted run, bit for bit. SIGTERM saves and stops; a non-finite
-loss stops without saving.
+ends with the parameters of an uninterrupted run, bit for bit. SIGTERM or Ctrl-C saves and stops; a
+non-finite loss stops without saving.
 
 Progress goes to the `research.training.train` logger (and the epoch lines to
 `research.training.metrics`): a caller silences a run with
@@ -59,24 +59,11 @@ def prepare_workdir(workdir: str) -> str:
   return workdir
 
 
-def resumable(config: ml_collections.ConfigDict, workdir: str) -> int | None:
-  """The newest valid checkpoint step in `workdir` that `config` may continue,
-  or None for a fresh start.
-
-  Removes unfinished saves, quarantines corrupt newer steps, and refuses config changes the
-  checkpoint cannot continue under; allowed changes are logged and appended to
-  `<workdir>/config_changes.jsonl`.
-  """
-  removed = checkpoint.remove_unfinished(workdir)
-  if removed:
-    log.info(
-      f"Removed {len(removed)} unfinished save(s) that an interrupted run left in "
-      f"{checkpoint.directory(workdir)}: {', '.join(removed)}."
-    )
-  step = checkpoint.latest_valid(workdir, quarantine=True)
-  if step is None:
-    return None
-  meta = checkpoint.read_meta(workdir, step)
+def _record_config_changes(
+  config: ml_collections.ConfigDict, workdir: str, step: int, meta: dict
+) -> None:
+  """Refuses config changes that the checkpoint of `step` cannot continue under (a
+  `CheckpointError`); allowed ones are logged and appended to `<workdir>/config_changes.jsonl`."""
   changes = checkpoint.config_changes(meta["config"], json.loads(config_lib.to_json(config)))
   checkpoint.check_resumable(changes, os.path.join(checkpoint.directory(workdir), str(step)))
   if changes:
@@ -89,7 +76,6 @@ def resumable(config: ml_collections.ConfigDict, workdir: str) -> int | None:
       f.write(
         json.dumps({"step": step, "changes": {k: list(v) for k, v in changes.items()}}) + "\n"
       )
-  return step
 
 
 class NonFinite(Exception):
@@ -200,19 +186,36 @@ class Saver:
     self.blocked += time.perf_counter() - waited
 
 
+class StopRequest:
+  """Set by the first SIGTERM or SIGINT (Ctrl-C): the loop saves where it is and stops."""
+
+  def __init__(self):
+    self.signal: str | None = None
+
+  def is_set(self) -> bool:
+    return self.signal is not None
+
+
 @contextlib.contextmanager
-def _sigterm_event() -> Iterator[threading.Event]:
-  """An event that SIGTERM sets inside the `with` (signals reach only the main thread; elsewhere it
-  never does)."""
-  event = threading.Event()
+def _stop_signals() -> Iterator[StopRequest]:
+  """A `StopRequest` that SIGTERM or SIGINT sets inside the `with`; a second SIGINT aborts at once
+  (`KeyboardInterrupt`). Signals reach only the main thread; elsewhere it is never set."""
+  request = StopRequest()
   if threading.current_thread() is not threading.main_thread():
-    yield event
+    yield request
     return
-  previous = signal.signal(signal.SIGTERM, lambda signum, frame: event.set())
+
+  def handle(signum, frame):
+    if request.is_set() and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    request.signal = request.signal or signal.Signals(signum).name
+
+  previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
   try:
-    yield event
+    yield request
   finally:
-    signal.signal(signal.SIGTERM, previous)
+    for s, handler in previous.items():
+      signal.signal(s, handler)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -223,27 +226,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Everything that can be wrong with the config is found before anything is written.
   plan = make_plan(config)
   workdir = prepare_workdir(workdir)
-  with lock.hold(workdir), _sigterm_event() as sigterm:
-    return _train(config, plan, workdir, sigterm)
+  with lock.hold(workdir), _stop_signals() as stop:
+    return _train(config, plan, workdir, stop)
 
 
 def _resume(
   config: ml_collections.ConfigDict, plan: Plan, workdir: str
 ) -> tuple[TrainState, dict | None]:
-  """(state, checkpoint meta) to continue from: the newest valid checkpoint's,
-  or the initial state's and None."""
-  step = resumable(config, workdir)
-  state = plan.initial_state(config.seed)
-  if step is None:
-    return state, None
-  state, meta = checkpoint.restore(workdir, step, target=state)
-  spe = plan.steps_per_epoch
-  if meta["steps_per_epoch"] != spe:  # The data position would mean other examples.
-    raise CheckpointError(
-      f"checkpoint {step} in {checkpoint.directory(workdir)} was saved with "
-      f"{meta['steps_per_epoch']} steps per epoch and this run has {spe}: the dataset "
-      "changed size; train into a new --workdir"
+  """(state, checkpoint meta) to continue from: the newest checkpoint that is valid, restores and
+  may continue under `config` (`checkpoint.restore_newest`), or the initial state and None.
+
+  Removes unfinished saves first; corrupt newer steps are quarantined; config changes the checkpoint
+  cannot continue under are refused, allowed ones recorded.
+  """
+  removed = checkpoint.remove_unfinished(workdir)
+  if removed:
+    log.info(
+      f"Removed {len(removed)} unfinished save(s) that an interrupted run left in "
+      f"{checkpoint.directory(workdir)}: {', '.join(removed)}."
     )
+  initial = plan.initial_state(config.seed)
+  spe = plan.steps_per_epoch
+
+  def check(step: int, meta: dict) -> None:
+    _record_config_changes(config, workdir, step, meta)
+    if meta["steps_per_epoch"] != spe:  # The data position would mean other examples.
+      raise CheckpointError(
+        f"checkpoint {step} in {checkpoint.directory(workdir)} was saved with "
+        f"{meta['steps_per_epoch']} steps per epoch and this run has {spe}: the dataset "
+        "changed size; train into a new --workdir"
+      )
+
+  found = checkpoint.restore_newest(workdir, initial, check_meta=check)
+  if found is None:
+    return initial, None
+  step, state, meta = found
   position = f", step {step % spe} of {spe}" if step % spe else ""
   log.info(
     f"Resuming from the checkpoint at step {step} (epoch {step // spe}{position}) in "
@@ -267,9 +284,7 @@ def _diverged(e: NonFinite, saver: Saver, config: ml_collections.ConfigDict) -> 
   )
 
 
-def _train(
-  config: ml_collections.ConfigDict, plan: Plan, workdir: str, sigterm: threading.Event
-) -> dict:
+def _train(config: ml_collections.ConfigDict, plan: Plan, workdir: str, stop: StopRequest) -> dict:
   spe, total = plan.steps_per_epoch, plan.total_steps
   log.info(
     f"{plan.dataset.name}: {plan.dataset.num_train} train / {plan.dataset.num_test} test "
@@ -307,13 +322,13 @@ def _train(
   epoch_log = EpochLog(meta["epoch_losses"], meta["epoch_accuracies"]) if meta else EpochLog()
 
   def stop_if_asked(step: int, record: dict | None = None) -> None:
-    if sigterm.is_set():
+    if stop.is_set():
       if saver.saved != step:
         epoch_log.flush()
         saver.save(step, state, epoch_log, record)
       raise Interrupted(
-        f"stopped by SIGTERM at step {step} after saving it in {checkpoint.directory(workdir)}; "
-        "rerun the same command to resume"
+        f"stopped by {stop.signal} at step {step} after saving it in "
+        f"{checkpoint.directory(workdir)}; rerun the same command to resume"
       )
 
   # ---------------------------------------------------------------------------------------------

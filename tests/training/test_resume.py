@@ -9,6 +9,9 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import time
 
 import jax
 import numpy as np
@@ -18,11 +21,11 @@ from research import config as config_lib
 from research.data import pipeline
 from research.errors import CheckpointError, Interrupted, TrainingDiverged
 from research.testing import faults
-from research.training import checkpoint, lock, metrics, train
+from research.training import checkpoint, evaluate, lock, metrics, train
 from research.training.plan import make_plan
 
 import run
-from support import DEFAULT, run_cli
+from support import DEFAULT, RUN, run_cli
 
 SMALL = (
   "model.widths=(8,16)",
@@ -304,3 +307,145 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_with_exit_code_2(data_dir, 
     f"error: workdir {tmp_path} is in use by another run (pid {os.getpid()} on "
   )
   assert os.listdir(tmp_path) == []
+
+
+def _reseal(step_dir):
+  """Rewrites `checksums.json` for the step's current files: damage that passes the checksums."""
+  with open(step_dir / checkpoint.CHECKSUMS, "w") as f:
+    json.dump({"files": checkpoint._digests(str(step_dir))}, f)
+
+
+@pytest.mark.parametrize(
+  "damage",
+  [
+    "meta",  # Garbage metadata, re-checksummed.
+    "state_metadata",  # An empty _METADATA of the state, re-checksummed.
+    "state_data",  # Corrupt compressed data, re-checksummed.
+  ],
+)
+def test_a_checkpoint_that_passes_its_checksums_but_does_not_restore_is_quarantined(
+  reference, copy_of_reference, data_dir, caplog, damage
+):
+  workdir = copy_of_reference
+  step_dir = workdir / "checkpoints" / "132"
+  if damage == "meta":
+    target = next(p for p in (step_dir / "meta").rglob("*") if p.is_file())
+    target.write_text("{not json")
+  elif damage == "state_metadata":
+    target = step_dir / "state" / "_METADATA"
+    target.write_bytes(b"")
+  else:  # The largest data file cut in half.
+    target = max((p for p in (step_dir / "state").rglob("*") if p.is_file()), key=os.path.getsize)
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+  _reseal(step_dir)
+  train.train_and_evaluate(_config(data_dir), str(workdir))
+  [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"
+               and r.name.startswith("research")]  # fmt: skip
+  assert warning.startswith(
+    f"warning: checkpoint {step_dir} is corrupt: it passed its checksums but could not be "
+    "restored ("
+  )
+  assert "\n" not in warning and "falling back to step 120." in warning
+  assert (workdir / "quarantine" / "132").is_dir()
+  assert "Resuming from the checkpoint at step 120 (epoch 2, step 32 of 44)" in caplog.text
+  _assert_bitwise_equal(_state(workdir), _state(reference))
+
+
+def test_when_no_checkpoint_restores_the_run_stops_naming_each_and_moves_nothing(
+  copy_of_reference, data_dir
+):
+  workdir = copy_of_reference
+  for step in (100, 120, 132):
+    step_dir = workdir / "checkpoints" / str(step)
+    (step_dir / "state" / "_METADATA").write_bytes(b"")
+    _reseal(step_dir)
+  with pytest.raises(CheckpointError) as e:
+    train.train_and_evaluate(_config(data_dir), str(workdir))
+  message = str(e.value)
+  assert message.startswith(f"no checkpoint restores in {workdir}/checkpoints: step 132: ")
+  assert "; step 120: " in message and "; step 100: " in message and "\n" not in message
+  assert checkpoint.steps(str(workdir)) == [100, 120, 132] and not (workdir / "quarantine").exists()
+
+
+def _deleting_the_first_read(monkeypatch):
+  """`checkpoint.snapshot` that deletes the step it is asked for before copying it, once: what a
+  live run's keep policy does to an `eval` beside it, at the worst moment."""
+  original = checkpoint.snapshot
+  deleted = []
+
+  def snapshot(workdir, step, into):
+    if not deleted:
+      shutil.rmtree(os.path.join(checkpoint.directory(workdir), str(step)))
+      deleted.append(step)
+    return original(workdir, step, into)
+
+  monkeypatch.setattr(checkpoint, "snapshot", snapshot)
+  return deleted
+
+
+def test_eval_beside_a_live_run_takes_the_new_newest_step_when_its_step_is_deleted(
+  copy_of_reference, monkeypatch, caplog
+):
+  deleted = _deleting_the_first_read(monkeypatch)
+  result = evaluate.evaluate_checkpoint(str(copy_of_reference))
+  assert deleted == [132] and result["step"] == 120
+  assert (
+    f"checkpoint {copy_of_reference}/checkpoints/132 was deleted while it was read" in caplog.text
+  )
+  assert "passed its checksums" not in caplog.text and "new --workdir" not in caplog.text
+
+
+def test_eval_of_a_step_deleted_while_read_says_so_in_one_line(copy_of_reference, monkeypatch):
+  _deleting_the_first_read(monkeypatch)
+  with pytest.raises(CheckpointError) as e:
+    evaluate.evaluate_checkpoint(str(copy_of_reference), step=120)
+  message = str(e.value)
+  assert message.startswith(f"checkpoint {copy_of_reference}/checkpoints/120 was deleted while it")
+  assert "new --workdir" not in message and "\n" not in message
+
+
+def test_eval_while_a_run_trains_and_deletes_old_steps_succeeds_every_time(data_dir, tmp_path):
+  """A real run beside: a save every 2 steps, only the newest kept."""
+  workdir = tmp_path / "live"
+  trainer = subprocess.Popen(
+    [sys.executable, RUN, "train", f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
+     "--config.model.widths=(8,16)", "--config.model.hidden=32", "--config.train.num_epochs=4",
+     "--config.train.checkpoint_every_steps=2", "--config.train.keep_checkpoints=1",
+     "--config.train.keep_best=0"],
+    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+  )  # fmt: skip
+  try:
+    while not checkpoint.steps(str(workdir)) and trainer.poll() is None:
+      time.sleep(0.1)
+    results = [evaluate.evaluate_checkpoint(str(workdir)) for _ in range(6)]
+  finally:
+    trainer.wait(timeout=120)
+  assert trainer.returncode == 0 and all(0 <= r["test_accuracy"] <= 1 for r in results)
+
+
+def test_a_second_ctrl_c_aborts_at_once_and_the_first_saves(data_dir, tmp_path):
+  once = run_cli(
+    "train", f"--workdir={tmp_path / 'once'}", *(f"--config.{o}" for o in _overrides(data_dir)),
+    fault="int@step:30",
+  )  # fmt: skip
+  assert once.returncode == 3
+  assert once.stderr.strip().splitlines()[-1] == (
+    f"error: stopped by SIGINT at step 30 after saving it in {tmp_path / 'once'}/checkpoints; "
+    "rerun the same command to resume"
+  )
+  assert 30 in checkpoint.steps(str(tmp_path / "once"))
+  twice = run_cli(
+    "train", f"--workdir={tmp_path / 'twice'}", *(f"--config.{o}" for o in _overrides(data_dir)),
+    fault="int2@step:30",
+  )  # fmt: skip
+  assert twice.returncode == 130 and "Traceback" not in twice.stderr
+  assert twice.stderr.strip().splitlines()[-1].startswith("error: aborted by Ctrl-C")
+  assert 30 not in checkpoint.steps(str(tmp_path / "twice"))
+
+
+def test_divergence_exits_with_its_own_code(data_dir, tmp_path):
+  result = run_cli(
+    "train", f"--workdir={tmp_path}", *(f"--config.{o}" for o in _overrides(data_dir)),
+    "--config.optimizer.learning_rate=1e30",
+  )  # fmt: skip
+  assert result.returncode == 4 and "error: training diverged" in result.stderr
