@@ -13,6 +13,7 @@ import dataclasses
 import fcntl
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 
@@ -87,7 +88,11 @@ def source_dirs(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 
 def _tfds_builder(name: str, root: str) -> tfds.core.DatasetBuilder:
-  """TFDS's own builder for `name` (not prepared, maybe); an unknown name is a `ConfigError`."""
+  """TFDS's own builder for `name` (not prepared, maybe). A name TFDS cannot build (unknown, not a
+  name, a config or version the dataset lacks) is one `ConfigError` saying why."""
+  # TFDS's own parser lets some odd characters through (a trailing newline).
+  if not re.fullmatch(r"[\w.:/*+=,-]+", name):
+    raise ConfigError("data.name", f"{name!r} is not a dataset name: {_NAME_FORMAT}")
   try:
     return tfds.builder(name, data_dir=root)
   except tfds.core.registered.DatasetNotFoundError:
@@ -95,6 +100,43 @@ def _tfds_builder(name: str, root: str) -> tfds.core.DatasetBuilder:
     raise ConfigError(
       "data.name", f"{name!r} is not a TFDS dataset (nor one of this project's: {known})"
     ) from None
+  # What tfds.builder raises for a name it cannot parse or a config it lacks (ValueError), a
+  # version it lacks (AssertionError), unknown builder arguments (TypeError), or a builder whose
+  # module needs a package that is not installed (ImportError).
+  except (ValueError, AssertionError, TypeError, ImportError) as e:
+    raise ConfigError("data.name", _unbuildable(name, e)) from None
+
+
+_NAME_FORMAT = (
+  "TFDS takes NAME, NAME/CONFIG, NAME:VERSION or NAME/CONFIG:VERSION, NAME and CONFIG of letters, "
+  "digits and underscores, VERSION as 1.2.3 (`python run.py data list` lists the datasets)"
+)
+
+
+def _unbuildable(name: str, e: Exception) -> str:
+  """Why TFDS could not build a builder for `name` (it raised `e`), in one line."""
+  text = str(e).strip()
+  line = text.splitlines()[0] if text else ""
+  if line.startswith("Parsing builder name string"):
+    return f"{name!r} is not a dataset name: {_NAME_FORMAT}"
+  # TFDS prefixes the cause with the builder's arguments: 'Failed to construct dataset "mnist",
+  # builder_kwargs "{...}": '.
+  line = re.sub(r'^Failed to construct dataset .*?builder_kwargs ".*?": ', "", line)
+  if "BuilderConfig" in line and "not found" in line:
+    line = re.sub(r"\s*Here are .*$", "", line).rstrip(".")
+    try:
+      configs = [c.name for c in tfds.builder_cls(re.split(r"[/:]", name)[0]).BUILDER_CONFIGS]
+    except Exception:  # The list is a courtesy: without it the message still says what is wrong.
+      configs = None
+    if configs is not None:
+      line += "; " + (f"its configs: {_some(configs)}" if configs else "it has no configs")
+  return f"TFDS cannot build {name!r} ({type(e).__name__}: {line})"
+
+
+def _some(names: list[str], shown: int = 10) -> str:
+  """`names` joined by commas, at most `shown` of them, then how many more."""
+  more = f" and {len(names) - shown} more" if len(names) > shown else ""
+  return ", ".join(names[:shown]) + more
 
 
 def get_builder(
@@ -297,20 +339,63 @@ def static_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   return _info(get_builder(config, prepare=False), static=True)
 
 
+def _first_line(e: Exception) -> str:
+  """`Type: message` of `e`, its first line only and at most 200 characters."""
+  text = str(e).strip()
+  line = f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
+  return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _read_split(builder: tfds.core.DatasetBuilder, split: str) -> list[dict]:
+  """Every example of `split`, in order; a `DataError` if it cannot be read or holds another
+  number of examples than its metadata says.
+
+  Read through TFDS's documented data-source contract (`__len__`, `__getitem__`), except that a
+  source offering the batch read TFDS's own sources have (`__getitems__`, not documented) is read
+  with it in one call: one example at a time costs about 140 us each to set up decompression,
+  2.5 s against 11-13 s for Fashion-MNIST's 70,000 examples on 2 cores.
+  """
+  where = f"split {split!r} of dataset {builder.name!r} in {builder.data_dir}"
+  try:
+    source = builder.as_data_source(split=split)
+  except NotImplementedError as e:  # What TFDS documents for files that are not array_record.
+    raise DataError(
+      f"could not read {where}: it was not prepared in a random-access file format "
+      f"({_first_line(e)}); remove {builder.data_dir} and prepare it again with "
+      "--file_format=array_record (this project's datasets are, by `python run.py data prepare`)."
+    ) from None
+  except Exception as e:
+    raise DataError(f"could not read {where} ({_first_line(e)}): {_REPREPARE}") from None
+  try:
+    indices = range(len(source))
+    batch_read = getattr(source, "__getitems__", None)
+    examples = list(batch_read(indices)) if batch_read else [source[i] for i in indices]
+  except Exception as e:
+    raise DataError(
+      f"could not read {where} ({_first_line(e)}): its files may be damaged; {_REPREPARE}"
+    ) from None
+  expected = builder.info.splits[split].num_examples
+  if len(examples) != expected:
+    raise DataError(
+      f"{where} has {len(examples)} examples where its metadata says {expected}: the prepared "
+      f"files do not match their metadata; {_REPREPARE}"
+    )
+  return examples
+
+
+_REPREPARE = (
+  "prepare it again: remove that directory and rerun (a TFDS dataset that is downloaded needs "
+  "--config.data.download=True, or copying again)"
+)
+
+
 def load(config: ml_collections.ConfigDict) -> tuple[Split, Split]:
   """The (train, test) splits of the configured dataset, read whole into memory."""
   builder = get_builder(config)
   image_key, label_key = _keys(builder)
   splits = []
   for split in ("train", "test"):
-    try:
-      source = builder.as_data_source(split=split)
-      examples = source.__getitems__(range(len(source)))
-    except Exception as e:
-      raise DataError(
-        f"could not read split {split!r} of {builder.name!r} from {builder.data_dir} "
-        f"({type(e).__name__}: {e}); it must be prepared with --file_format=array_record."
-      ) from None
+    examples = _read_split(builder, split)
     splits.append(
       Split(
         images=np.stack([ex[image_key] for ex in examples]),

@@ -148,16 +148,30 @@ def filter_outputs(image: jnp.ndarray) -> dict[str, jnp.ndarray]:
 
 def load_image(path: str | None = None) -> np.ndarray:
   """float32 `[height, width, 3]` in [0, 1]: the image at `path` (any format Pillow reads, alpha
-  dropped), or scikit-learn's sample photograph `SAMPLE_IMAGE` (427 x 640) when `path` is None."""
+  dropped), or scikit-learn's sample photograph `SAMPLE_IMAGE` (427 x 640) when `path` is None.
+
+  Anything Pillow cannot read or convert (missing, a folder, empty, not an image, damaged, more
+  pixels than `PIL.Image.MAX_IMAGE_PIXELS`) is a `DataError` naming the file, one line."""
   if path is None:
     from sklearn.datasets import load_sample_image
 
     return load_sample_image(SAMPLE_IMAGE).astype(np.float32) / 255.0
+  import warnings
+
   from PIL import Image
 
   try:
-    with Image.open(path) as im:
-      pixels = np.asarray(im.convert("RGB"))
+    with warnings.catch_warnings():
+      # Over MAX_IMAGE_PIXELS Pillow only warns (an error from twice that): refuse it here, before
+      # decoding gigabytes, and keep the warning off stderr.
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      with Image.open(path) as im:
+        pixels = np.asarray(im.convert("RGB"))
+  except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    raise DataError(
+      f"could not read image {path!r} (it has more than {Image.MAX_IMAGE_PIXELS} pixels, "
+      "Pillow's limit against decompression bombs); pass --image=PATH to a smaller PNG or JPEG"
+    ) from None
   except (
     OSError
   ) as e:  # Missing, a directory, unreadable, or not an image (UnidentifiedImageError).
@@ -165,6 +179,13 @@ def load_image(path: str | None = None) -> np.ndarray:
     raise DataError(
       f"could not read image {path!r} ({reason}); pass --image=PATH to a PNG or JPEG file, "
       "or leave --image out to use the sample photograph"
+    ) from None
+  except Exception as e:  # Damaged files Pillow decodes with ValueError, SyntaxError, EOFError, ...
+    lines = str(e).strip().splitlines()
+    detail = f"{type(e).__name__}: {lines[0][:120]}" if lines else type(e).__name__
+    raise DataError(
+      f"could not read image {path!r} (damaged or unsupported: {detail}); pass --image=PATH to a "
+      "PNG or JPEG file, or leave --image out to use the sample photograph"
     ) from None
   return pixels.astype(np.float32) / 255.0
 
@@ -189,6 +210,22 @@ def _show_magnitude(ax, x: np.ndarray) -> None:
 
 
 _DISPLAYS = {"rgb": _show_rgb, "signed": _show_signed, "magnitude": _show_magnitude}
+
+
+def _refuse_overwriting(out_path: str, image_path: str) -> None:
+  """Raises UserError if `out_path` names the file `image_path` (equal after resolving links, or
+  one inode): writing the grid would overwrite the user's image."""
+  same = os.path.realpath(out_path) == os.path.realpath(image_path)
+  if not same:
+    try:
+      same = os.path.samefile(out_path, image_path)  # Hard links.
+    except OSError:  # One of them does not exist (yet), or cannot be looked at.
+      pass
+  if same:
+    raise UserError(
+      f"output {out_path!r} is the input image {image_path!r}: writing it would overwrite the "
+      "image; pass another --out"
+    )
 
 
 def _checked_output(out_path: str) -> str:
@@ -217,9 +254,11 @@ def _checked_output(out_path: str) -> str:
 def write_filter_grid(out_path: str, image_path: str | None = None) -> str:
   """Writes a labelled 2 x 4 grid of `PANELS` applied to the image at `image_path` (default: the
   sample photograph) to the PNG `out_path`; returns its absolute path. Raises UserError for an
-  unreadable image or an unwritable output, before any filtering."""
+  unreadable image, an unwritable output or an output that is the image, before any filtering."""
   from matplotlib.figure import Figure  # No pyplot: no global state.
 
+  if image_path is not None:
+    _refuse_overwriting(out_path, image_path)
   image = load_image(image_path)
   path = _checked_output(out_path)
   outputs = {title: np.asarray(x) for title, x in filter_outputs(image).items()}

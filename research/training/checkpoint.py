@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
@@ -76,16 +76,39 @@ def _sha256(path: str) -> str:
     return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def _raise(error: OSError) -> None:
+  raise error
+
+
+def _files(path: str) -> list[str]:
+  """The relative path of every file under `path` but the unhashed ones, sorted. A directory that
+  cannot be listed raises (`os.walk` would skip it silently, leaving its files unlisted)."""
+  found = []
+  for root, _, names in os.walk(path, onerror=_raise):
+    found.extend(os.path.relpath(os.path.join(root, name), path) for name in names)
+  return sorted(rel for rel in found if rel not in _UNHASHED)
+
+
 def _digests(path: str) -> dict[str, dict]:
   """{relative file path: {"bytes", "sha256"}} for every file under `path` but the unhashed ones."""
   files = {}
-  for root, _, names in os.walk(path):
-    for name in names:
-      full = os.path.join(root, name)
-      rel = os.path.relpath(full, path)
-      if rel not in _UNHASHED:
-        files[rel] = {"bytes": os.path.getsize(full), "sha256": _sha256(full)}
+  for rel in _files(path):
+    full = os.path.join(path, rel)
+    files[rel] = {"bytes": os.path.getsize(full), "sha256": _sha256(full)}
   return files
+
+
+def _incomplete(listed: Iterable[str]) -> str | None:
+  """Why a manifest listing the files `listed` cannot be a whole step's, or None. Orbax writes
+  every step's `state` and `meta` as files under `state/` and `meta/`, so a manifest without them
+  (an empty one included) would vouch for a step that holds neither."""
+  listed = list(listed)
+  if not listed:
+    return f"{CHECKSUMS} lists no file"
+  for item in ("state", "meta"):
+    if not any(rel.startswith(item + os.sep) for rel in listed):
+      return f"{CHECKSUMS} lists no file under {item}{os.sep}"
+  return None
 
 
 def seal(root: str) -> None:
@@ -104,6 +127,9 @@ def seal(root: str) -> None:
     )
   path = os.path.join(root, pending[0])
   files = _digests(path)
+  reason = _incomplete(files)
+  if reason is not None:  # Raised here, the step is never committed (Orbax renames it after).
+    raise CheckpointError(f"refusing to seal the save in {path}: its {reason}")
   with open(os.path.join(path, CHECKSUMS + ".tmp"), "w") as f:
     json.dump({"files": files}, f, indent=1, sort_keys=True)
   os.replace(os.path.join(path, CHECKSUMS + ".tmp"), os.path.join(path, CHECKSUMS))
@@ -161,15 +187,46 @@ def save(
 
 def remove_unfinished(workdir: str) -> list[str]:
   """Deletes the temporary directories of saves that a killed run left unfinished;
-  returns their names.
+  returns their names. Quarantines stray files first (`quarantine_strays`).
 
   They never became checkpoints (Orbax renames a step only once it is complete), so nothing is lost.
   """
+  quarantine_strays(workdir)
   root = directory(workdir)
   names = sorted(n for n in os.listdir(root) if TMP_MARK in n) if os.path.isdir(root) else []
   for name in names:
     shutil.rmtree(os.path.join(root, name))
   return names
+
+
+def quarantine_strays(workdir: str) -> list[str]:
+  """Moves to `<workdir>/quarantine/` every file (anything not a directory) in
+  `<workdir>/checkpoints` named as a step or an unfinished save is, each named in a logged warning;
+  returns where they went.
+
+  Such a file is corrupt: Orbax deletes a step's path without a word when it saves that step, and a
+  file named as an unfinished save would make every save fail. Call this before saving.
+  """
+  root = directory(workdir)
+  if not os.path.isdir(root):
+    return []
+  strays = sorted(
+    n
+    for n in os.listdir(root)
+    if (n.isdigit() or TMP_MARK in n) and not os.path.isdir(os.path.join(root, n))
+  )
+  moved = []
+  for name in strays:
+    if name.isdigit():
+      reason = f"it is a file, not a step directory (Orbax deletes it when it saves step {name})"
+    else:
+      reason = "it is a file, not an unfinished save's directory (every save would fail on it)"
+    moved.append(_quarantine(workdir, name, reason))
+    log.warning(
+      f"warning: checkpoint {os.path.join(root, name)} is corrupt: {reason}. Moved it to "
+      f"{moved[-1]} for inspection."
+    )
+  return moved
 
 
 def steps(workdir: str) -> list[int]:
@@ -183,8 +240,8 @@ def steps(workdir: str) -> list[int]:
 
 
 def verify(path: str) -> str | None:
-  """Why the step directory `path` cannot be trusted,
-  or None when every file matches its checksum."""
+  """Why the step directory `path` cannot be trusted, or None when its files are exactly those its
+  `checksums.json` lists (besides the unhashed ones), each matching its checksum."""
   for name in _UNHASHED:
     if not os.path.isfile(os.path.join(path, name)):
       return (
@@ -200,10 +257,23 @@ def verify(path: str) -> str | None:
     expected = {rel: (int(v["bytes"]), str(v["sha256"])) for rel, v in files.items()}
   except (ValueError, KeyError, TypeError, AttributeError) as e:
     return f"its metadata is damaged ({type(e).__name__}: {e})"
+  reason = _incomplete(expected)
+  if reason is not None:
+    return f"its {reason} (every save lists the files Orbax wrote)"
+  try:
+    on_disk = set(_files(path))
+  except OSError as e:  # Deleted while verified (a live run's keep policy), or unreadable.
+    return f"its files cannot be listed ({type(e).__name__}: {e})"
+  missing, unlisted = sorted(set(expected) - on_disk), sorted(on_disk - set(expected))
+  if missing:
+    return f"{_some(missing)} {'is' if len(missing) == 1 else 'are'} missing"
+  if unlisted:
+    return (
+      f"{_some(unlisted)} {'is' if len(unlisted) == 1 else 'are'} not in {CHECKSUMS} (written "
+      "after the step was saved)"
+    )
   for rel, (size, digest) in sorted(expected.items()):
     full = os.path.join(path, rel)
-    if not os.path.isfile(full):
-      return f"{rel} is missing"
     if os.path.getsize(full) != size:
       return f"{rel} has {os.path.getsize(full)} bytes where {size} were written (truncated?)"
     if _sha256(full) != digest:
@@ -211,12 +281,18 @@ def verify(path: str) -> str | None:
   return None
 
 
-def _quarantine(workdir: str, step: int, reason: str) -> str:
-  """Moves step `step` to `<workdir>/quarantine/` (never deletes it), with the reason beside;
-  returns where."""
+def _some(names: list[str], shown: int = 5) -> str:
+  """`names` joined by commas, at most `shown` of them, then how many more."""
+  more = f" and {len(names) - shown} more" if len(names) > shown else ""
+  return ", ".join(names[:shown]) + more
+
+
+def _quarantine(workdir: str, step: int | str, reason: str) -> str:
+  """Moves `<workdir>/checkpoints/<step>`, a step directory or a stray file, to
+  `<workdir>/quarantine/` (never deletes it), with the reason beside; returns where."""
   target = os.path.join(os.path.abspath(workdir), QUARANTINE, str(step))
   n = 0
-  while os.path.exists(target):
+  while os.path.lexists(target) or os.path.lexists(target + ".reason.txt"):
     n += 1
     target = os.path.join(os.path.abspath(workdir), QUARANTINE, f"{step}.{n}")
   os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -232,8 +308,11 @@ def latest_valid(workdir: str, quarantine: bool, below: int | None = None) -> in
 
   Each newer step that fails is named in a logged warning and, with `quarantine`, moved to
   `<workdir>/quarantine/`: the run will save those steps again. When steps exist but none is valid:
-  a `CheckpointError`, nothing moved.
+  a `CheckpointError`, nothing moved. With `quarantine`, stray files are moved first
+  (`quarantine_strays`).
   """
+  if quarantine:
+    quarantine_strays(workdir)
   found, bad = [s for s in steps(workdir) if below is None or s < below], []
   for step in reversed(found):
     reason = verify(os.path.join(directory(workdir), str(step)))

@@ -3,7 +3,10 @@
 
 Keys of `config.optimizer` other than `name` and `learning_rate` are passed to the optax function;
 keys of `config.schedule` other than `name` are passed to the schedule factory. Unknown keys are a
-`ConfigError` naming them.
+`ConfigError` naming them, and so are numbers no schedule or optimizer takes: every schedule
+argument must be a finite number >= 0 (`every_epochs` and `factor` > 0), every numeric optimizer
+argument (momentum, weight decay, betas, eps, ...) finite and >= 0, the learning rate finite and
+> 0, and a count of steps (warm-up, decay period, the whole run) must fit JAX's int32.
 """
 
 import inspect
@@ -12,6 +15,7 @@ from collections.abc import Callable
 import ml_collections
 import optax
 
+from research.config import INT_LIMIT, get, is_number, out_of_range
 from research.errors import ConfigError
 from research.registry import lookup
 
@@ -81,20 +85,61 @@ def _kwargs(
   return kwargs
 
 
+# Schedule arguments counted in epochs: `value * steps_per_epoch` steps must fit JAX's int32.
+EPOCH_ARGUMENTS = ("warmup_epochs", "every_epochs")
+# Arguments that must be above 0: a decay period of 0 steps, or a factor of 0, is no schedule.
+POSITIVE_ARGUMENTS = ("every_epochs", "factor")
+
+
+def _check_numbers(kwargs: dict, prefix: str, steps_per_epoch: int, numbers_only: bool) -> None:
+  """Refuses (`ConfigError` naming `prefix.KEY`) a numeric argument that is negative, inf, nan,
+  beyond float32's or int32's range, 0 where it must be positive, or an epoch count whose steps
+  overflow int32; with `numbers_only` (schedules), also any argument that is not a number."""
+  for key, value in kwargs.items():
+    name = f"{prefix}.{key}"
+    if not is_number(value):
+      if numbers_only:
+        raise ConfigError(name, f"must be a number, got {value!r}")
+      continue  # Flags (nesterov), dtypes and masks are optax's to check.
+    problem = out_of_range(value)
+    if problem:
+      raise ConfigError(name, f"must be a finite number, {problem}")
+    if key in POSITIVE_ARGUMENTS and value <= 0:
+      raise ConfigError(name, f"must be positive, got {value!r}")
+    if value < 0:
+      raise ConfigError(name, f"must be 0 or more, got {value!r}")
+    if key in EPOCH_ARGUMENTS and value * steps_per_epoch > INT_LIMIT:
+      raise ConfigError(
+        name,
+        f"{value!r} epochs of {steps_per_epoch} steps is more than 2**31 - 1 steps "
+        "(JAX's int32 step count)",
+      )
+
+
 def build_optimizer(
   config: ml_collections.ConfigDict, total_steps: int, steps_per_epoch: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """(optimizer, learning-rate schedule) for the run; the schedule maps step -> learning rate."""
+  """(optimizer, learning-rate schedule) for the run; the schedule maps step -> learning rate.
+
+  Raises `ConfigError` naming the key for an unknown name or argument, or an impossible number (see
+  the module docstring), before anything is built."""
+  if total_steps > INT_LIMIT:
+    raise ConfigError(
+      "train.num_epochs",
+      f"makes {total_steps} steps ({steps_per_epoch} an epoch), more than 2**31 - 1 "
+      "(JAX's int32 step count)",
+    )
+  peak = get(config, "optimizer.learning_rate")
+  if not is_number(peak) or peak <= 0 or out_of_range(peak):
+    raise ConfigError("optimizer.learning_rate", f"must be a positive finite number, got {peak!r}")
   make_schedule = lookup(SCHEDULES, config.schedule.name, "schedule.name", "schedule")
-  schedule = make_schedule(
-    config.optimizer.learning_rate,
-    total_steps,
-    steps_per_epoch,
-    **_kwargs(make_schedule, config.schedule, ("name",), "schedule"),
-  )
+  schedule_kwargs = _kwargs(make_schedule, config.schedule, ("name",), "schedule")
+  _check_numbers(schedule_kwargs, "schedule", steps_per_epoch, numbers_only=True)
   make_optimizer = lookup(OPTIMIZERS, config.optimizer.name, "optimizer.name", "optimizer")
-  optimizer = make_optimizer(
-    learning_rate=schedule,
-    **_kwargs(make_optimizer, config.optimizer, ("name", "learning_rate"), "optimizer"),
+  optimizer_kwargs = _kwargs(
+    make_optimizer, config.optimizer, ("name", "learning_rate"), "optimizer"
   )
+  _check_numbers(optimizer_kwargs, "optimizer", steps_per_epoch, numbers_only=False)
+  schedule = make_schedule(peak, total_steps, steps_per_epoch, **schedule_kwargs)
+  optimizer = make_optimizer(learning_rate=schedule, **optimizer_kwargs)
   return optimizer, schedule

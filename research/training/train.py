@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import signal
 import threading
 import time
@@ -31,7 +32,13 @@ import tqdm
 
 from research import config as config_lib
 from research.data import pipeline as data
-from research.errors import CheckpointError, Interrupted, TrainingDiverged, UserError
+from research.errors import (
+  CheckpointError,
+  ConfigError,
+  Interrupted,
+  TrainingDiverged,
+  UserError,
+)
 from research.training import checkpoint, lock, metrics
 from research.training.evaluate import make_evaluator
 from research.training.plan import Plan, make_plan
@@ -40,6 +47,7 @@ from research.training.state import TrainState, all_finite, train_step
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
+PROGRESS_SECONDS = 60.0  # Without a terminal (a log file, a scheduler), a progress line this often.
 CONFIG_CHANGES_FILE = "config_changes.jsonl"
 
 
@@ -140,6 +148,7 @@ class Saver:
     self.config_json = json.loads(config_lib.to_json(config))
     self.manager = checkpoint.make_manager(workdir, config.train)
     self.saved, self.blocked, self.saves = restored, 0.0, 0
+    self.pending: int | None = None  # The step of the save in flight, until `check` sees it done.
 
   def due(self, step: int) -> bool:
     p = self.policy
@@ -159,6 +168,14 @@ class Saver:
     if not all_finite((state.params, state.opt_state, state.batch_stats)):
       raise NonFinite(step, "the parameters or optimizer state are not finite")
     mid_epoch = step % self.spe != 0
+    with self._failed_save(step):
+      self._start_save(step, state, epoch_log, record, mid_epoch)
+    self.saved, self.saves, self.pending = step, self.saves + 1, step
+    self.blocked += time.perf_counter() - started
+
+  def _start_save(
+    self, step: int, state: TrainState, epoch_log: EpochLog, record: dict | None, mid_epoch: bool
+  ) -> None:
     checkpoint.save(
       self.manager,
       step,
@@ -175,15 +192,49 @@ class Saver:
       },
       metrics=record,
     )
-    self.saved, self.saves = step, self.saves + 1
-    self.blocked += time.perf_counter() - started
 
-  def close(self) -> None:
+  def check(self, step: int) -> None:
+    """Raises `CheckpointError` (one line: the workdir and its free space) if a save failed in the
+    background (a full disk, say): the run stops after step `step` instead of training on.
+
+    A save that is no longer in progress but whose step directory is not there failed; waiting for
+    it re-raises its error (Orbax keeps it for the next save otherwise)."""
+    pending = self.pending
+    if pending is None or self.manager.is_saving_in_progress():
+      return
+    self.pending = None
+    if not os.path.isdir(os.path.join(checkpoint.directory(self.workdir), str(pending))):
+      with self._failed_save(step):
+        self.manager.wait_until_finished()
+        self.manager.check_for_errors()
+        raise OSError(f"step {pending} was not committed")
+
+  @contextlib.contextmanager
+  def _failed_save(self, step: int) -> Iterator[None]:
+    """Turns whatever a background save raised (Orbax re-raises it) into one line."""
+    try:
+      yield
+    except UserError:
+      raise
+    except Exception as e:
+      free = shutil.disk_usage(self.workdir).free
+      raise CheckpointError(
+        f"saving a checkpoint into {checkpoint.directory(self.workdir)} failed "
+        f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
+        f"{free / 2**20:.0f} MiB free there; stopped after step {step}. Free some space (or fix "
+        "the cause) and rerun: the run resumes from its last complete checkpoint"
+      ) from None
+
+  def close(self, step: int) -> None:
     """Waits for the last save: an async save still writing must not be cut short by the exit."""
     waited = time.perf_counter()
-    self.manager.wait_until_finished()
-    self.manager.close()
-    self.blocked += time.perf_counter() - waited
+    try:
+      with self._failed_save(step):
+        self.manager.wait_until_finished()
+        self.manager.check_for_errors()
+    finally:
+      self.manager.close()
+      self.blocked += time.perf_counter() - waited
 
 
 class StopRequest:
@@ -249,13 +300,20 @@ def _resume(
   spe = plan.steps_per_epoch
 
   def check(step: int, meta: dict) -> None:
-    _record_config_changes(config, workdir, step, meta)
     if meta["steps_per_epoch"] != spe:  # The data position would mean other examples.
       raise CheckpointError(
         f"checkpoint {step} in {checkpoint.directory(workdir)} was saved with "
         f"{meta['steps_per_epoch']} steps per epoch and this run has {spe}: the dataset "
         "changed size; train into a new --workdir"
       )
+    if step > plan.total_steps:  # It would train nothing and misdescribe the run in config.json.
+      raise ConfigError(
+        "train.num_epochs",
+        f"{config.train.num_epochs} epochs ({plan.total_steps} steps) is fewer than the run in "
+        f"{workdir} has done (its checkpoint is at step {step}, epoch {step / spe:g}); ask for "
+        f"at least {math.ceil(step / spe)}, or train into a new --workdir",
+      )
+    _record_config_changes(config, workdir, step, meta)
 
   found = checkpoint.restore_newest(workdir, initial, check_meta=check)
   if found is None:
@@ -267,6 +325,25 @@ def _resume(
     f"{checkpoint.directory(workdir)}."
   )
   return state, meta
+
+
+class _Progress:
+  """Progress lines for a log: step, share done, steps/s and time left, every PROGRESS_SECONDS."""
+
+  def __init__(self, start: int, total: int, now: float):
+    self.start, self.total, self.started, self.last = start, total, now, now
+
+  def update(self, step: int) -> None:
+    now = time.perf_counter()
+    if now - self.last < PROGRESS_SECONDS:
+      return
+    self.last = now
+    rate = (step - self.start) / (now - self.started)
+    left = (self.total - step) / rate if rate else float("inf")
+    log.info(
+      f"step {step}/{self.total} ({100 * step / self.total:.0f}%), {rate:.1f} steps/s, "
+      f"about {left / 60:.1f} min left"
+    )
 
 
 def _diverged(e: NonFinite, saver: Saver, config: ml_collections.ConfigDict) -> TrainingDiverged:
@@ -334,8 +411,10 @@ def _train(config: ml_collections.ConfigDict, plan: Plan, workdir: str, stop: St
   # ---------------------------------------------------------------------------------------------
   # The epoch loop: from the checkpoint's epoch, skipping the batches it had done.
   step = start
+  # A bar on a terminal; elsewhere tqdm is silent, so `progress` logs a line every PROGRESS_SECONDS.
   bar = tqdm.tqdm(total=total, initial=start, unit="step", disable=None, dynamic_ncols=True)
   loop_started = time.perf_counter()
+  progress = _Progress(start, total, loop_started) if bar.disable else None
   try:
     for epoch in range(start // spe, config.train.num_epochs):
       started = time.perf_counter()
@@ -349,6 +428,9 @@ def _train(config: ml_collections.ConfigDict, plan: Plan, workdir: str, stop: St
         step += 1
         epoch_log.add(step, step_metrics)
         bar.update()
+        if progress is not None:
+          progress.update(step)
+        saver.check(step)  # A save that failed in the background stops the run here.
         if step % spe:  # The end of an epoch saves and stops below, after its evaluation.
           if saver.due(step):
             epoch_log.flush()
@@ -381,7 +463,7 @@ def _train(config: ml_collections.ConfigDict, plan: Plan, workdir: str, stop: St
   finally:
     bar.close()
     writer.close()
-    saver.close()
+    saver.close(step)
 
   # ---------------------------------------------------------------------------------------------
   # Finish.

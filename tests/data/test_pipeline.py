@@ -1,14 +1,17 @@
 """The embedded dataset's split and the batching: what each epoch and each evaluation sees."""
 
+import os
+
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from sklearn.datasets import load_digits
 
 from research import config as config_lib
 from research.data import pipeline as data
-from research.errors import ConfigError
+from research.errors import ConfigError, DataError
 
-from support import DEFAULT, load
+from support import DEFAULT, load, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -199,3 +202,120 @@ def test_data_dir_is_tfds_data_dir_when_the_config_names_none(no_tfds_env, monke
 
 def test_data_dir_is_tensorflow_datasets_in_home_without_config_or_env(no_tfds_env):
   assert data.data_dir(load()) == str(no_tfds_env / "home" / "tensorflow_datasets")
+
+
+class _Documented:
+  """A data source with only what TFDS documents (`__len__`, `__getitem__`), over a real one;
+  `length` overrides its length, `fail_at` makes reading that index raise."""
+
+  def __init__(self, source, length=None, fail_at=None):
+    self.source, self.length, self.fail_at = source, length, fail_at
+
+  def __len__(self):
+    return len(self.source) if self.length is None else self.length
+
+  def __getitem__(self, i):
+    if i == self.fail_at:
+      raise OSError("Input/output error\nsecond line")
+    return self.source[i]
+
+
+class _Batched(_Documented):
+  """`_Documented` with TFDS's undocumented batch read too, as TFDS's own sources have it."""
+
+  def __getitems__(self, keys):
+    return [self[i] for i in keys]
+
+
+@pytest.fixture
+def documented_only(monkeypatch):
+  """Makes every builder's data source a `_Documented` one, made with `options` (`batch`: a
+  `_Batched` one)."""
+  options = {}
+  original = tfds.core.DatasetBuilder.as_data_source
+
+  def as_data_source(self, split=None, **kwargs):
+    kind = _Batched if options.get("batch") else _Documented
+    wrapped = {k: v for k, v in options.items() if k != "batch"}
+    return kind(original(self, split=split, **kwargs), **wrapped)
+
+  monkeypatch.setattr(tfds.core.DatasetBuilder, "as_data_source", as_data_source)
+  return options
+
+
+def test_load_reads_through_the_documented_data_source_contract(make_config, documented_only):
+  # Before: load called `__getitems__`, which TFDS does not promise, and failed blaming the format.
+  config = make_config()
+  train, test = data.load(config)
+  source = data.get_builder(config).as_data_source(split="train").source  # The real one.
+  in_order = [source[i] for i in range(len(source))]
+  np.testing.assert_array_equal(train.labels, [ex["label"] for ex in in_order])
+  np.testing.assert_array_equal(train.images, np.stack([ex["image"] for ex in in_order]))
+  digits = load_digits()
+  is_test = np.arange(len(digits.target)) % 5 == 0
+  assert (len(train), len(test)) == (1437, 360)
+  assert _rows(test.images, test.labels) == _rows(digits.images[is_test], digits.target[is_test])
+  assert _rows(train.images, train.labels) == _rows(
+    digits.images[~is_test], digits.target[~is_test]
+  )
+
+
+def test_a_read_error_names_split_dataset_dir_and_cause_not_the_format(
+  make_config, documented_only
+):
+  # Before: the message said the dataset "must be prepared with --file_format=array_record".
+  config = make_config()
+  documented_only.update(fail_at=700, batch=True)
+  with pytest.raises(DataError) as e:
+    data.load(config)
+  message = str(e.value)
+  assert message.startswith("could not read split 'train' of dataset 'sklearn_digits' in ")
+  assert config.data.data_dir in message and "(OSError: Input/output error)" in message
+  assert "second line" not in message and "file_format" not in message and "\n" not in message
+
+
+def test_fewer_examples_than_the_metadata_says_is_one_error_saying_to_prepare_again(
+  make_config, documented_only
+):
+  # Before: 2 of the 1,437 training examples were read without a word; the plan (from the
+  # metadata) promised 44 steps per epoch and the run trained 0 and said "Done".
+  config = make_config()
+  documented_only.update(length=2, batch=True)
+  with pytest.raises(DataError) as e:
+    data.load(config)
+  message = str(e.value)
+  assert message.startswith("split 'train' of dataset 'sklearn_digits' in ")
+  assert "has 2 examples where its metadata says 1437" in message
+  assert "prepare it again: remove that directory and rerun" in message
+
+
+@pytest.mark.parametrize(
+  "name, words",
+  [
+    ("mnist/nope", "TFDS cannot build 'mnist/nope' (ValueError: BuilderConfig nope not found"),
+    ("mnist/nope", "; it has no configs)"),
+    ("mnist:9.9.9", "(AssertionError: Dataset mnist cannot be loaded at version 9.9.9, only: "),
+    ("mnist/size=3", "(TypeError: DatasetBuilder.__init__() got an unexpected keyword argument"),
+    ("mnist:x.y", "'mnist:x.y' is not a dataset name: TFDS takes NAME, NAME/CONFIG"),
+    ("mn ist", "'mn ist' is not a dataset name: "),
+    ("mnist\n", "'mnist\\n' is not a dataset name: "),  # TFDS's own parser accepts this one.
+    ("../mnist", "'../mnist' is not a dataset name: "),
+    ("no_such_dataset", "'no_such_dataset' is not a TFDS dataset"),
+  ],
+)
+def test_a_malformed_dataset_name_is_one_config_error_naming_data_name(tmp_path, name, words):
+  # Before: all but the unknown name escaped as TFDS's ValueError or AssertionError, a traceback.
+  config = load(f"data.data_dir={tmp_path}")
+  config.data.name = name
+  with pytest.raises(ConfigError) as e:
+    data.static_info(config)
+  assert e.value.key == "data.name" and str(e.value).startswith("config.data.name: ")
+  assert words in str(e.value) and "\n" not in str(e.value)
+  assert not os.listdir(tmp_path)  # Nothing was prepared or downloaded.
+
+
+def test_a_malformed_dataset_name_on_the_command_line_is_one_line_without_traceback(tmp_path):
+  result = run_cli("data", "prepare", "mnist:9.9.9", f"--config.data.data_dir={tmp_path}")
+  assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+  assert result.stderr.startswith("error: config.data.name: TFDS cannot build 'mnist:9.9.9' ")
+  assert len(result.stderr.strip().splitlines()) == 1

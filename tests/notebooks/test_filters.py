@@ -1,11 +1,17 @@
 """Classic filters and 1-D convolution, against scipy and numpy; `run.py filters` end to end."""
 
+import io
+import os
+import struct
+import warnings
+import zlib
+
 import numpy as np
 import pytest
 from PIL import Image
 from scipy import ndimage, signal
 
-from research.errors import UserError
+from research.errors import DataError, UserError
 from research.nn import conv
 from research.notebooks import filters
 
@@ -168,3 +174,141 @@ def test_cli_reports_a_missing_image_in_one_line_with_exit_code_2(tmp_path):
   assert result.stderr.strip().splitlines() == [result.stderr.strip()]
   assert "nope.jpg" in result.stderr and "Traceback" not in result.stderr
   assert not out.exists()
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+  """One PNG chunk: length, type, data, CRC-32 of type and data."""
+  return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _png_header(width: int, height: int) -> bytes:
+  """A PNG that only declares its size (8-bit RGB) and holds no pixels: a few dozen bytes."""
+  ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+  return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", b"") + _chunk(b"IEND", b"")
+
+
+def _png_with_short_idat() -> bytes:
+  """A valid 16 x 16 PNG whose IDAT length is halved: Pillow opens it, then its decoder meets a
+  chunk header inside the pixel data (SyntaxError: broken PNG file)."""
+  pixels = (np.arange(16 * 16 * 3).reshape(16, 16, 3) % 256).astype(np.uint8)
+  buffer = io.BytesIO()
+  Image.fromarray(pixels).save(buffer, "PNG")
+  data = bytearray(buffer.getvalue())
+  at = data.find(b"IDAT") - 4
+  data[at : at + 4] = struct.pack(">I", struct.unpack(">I", data[at : at + 4])[0] // 2)
+  return bytes(data)
+
+
+# Files Pillow refuses, by content: (bytes, words the error shows). Before they were a DataError,
+# the non-OSError ones escaped as tracebacks.
+BAD_IMAGES = {
+  # 4e8 pixels: DecompressionBombError. 1e8: over Image.MAX_IMAGE_PIXELS, Pillow only warns (on
+  # stderr), then decodes it all. Both are refused by that limit.
+  "bomb.png": (_png_header(20_000, 20_000), f"more than {Image.MAX_IMAGE_PIXELS} pixels"),
+  "big.png": (_png_header(10_000, 10_000), f"more than {Image.MAX_IMAGE_PIXELS} pixels"),
+  "no_pixels.qoi": (b"qoif" + struct.pack(">II", 4, 4) + bytes([3, 0]), "ValueError"),
+  "short_ihdr.png": (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", b"\0\0\0\2"), "ValueError"),
+  "broken.png": (_png_with_short_idat(), "SyntaxError"),
+  "empty.png": (b"", "not an image"),
+  "text.png": (b"a photo, honestly\n", "not an image"),
+}
+
+
+def _write_image(folder, name) -> str:
+  path = folder / name
+  path.write_bytes(BAD_IMAGES[name][0])
+  return str(path)
+
+
+@pytest.mark.parametrize("name", sorted(BAD_IMAGES))
+def test_an_image_pillow_refuses_is_a_data_error_naming_it(tmp_path, name):
+  path = _write_image(tmp_path, name)
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    with pytest.raises(DataError) as e:
+      filters.load_image(path)
+  assert repr(path) in str(e.value) and BAD_IMAGES[name][1] in str(e.value)
+  assert "\n" not in str(e.value)
+  assert not caught  # Pillow's own warning would be a second line on stderr.
+
+
+def test_a_folder_as_the_image_is_a_data_error_naming_it(tmp_path):
+  with pytest.raises(DataError, match="Is a directory"):
+    filters.load_image(str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["bomb.png", "big.png", "no_pixels.qoi", "broken.png"])
+def test_cli_reports_an_image_pillow_refuses_in_one_line_and_writes_nothing(tmp_path, name):
+  path, out = _write_image(tmp_path, name), tmp_path / "new" / "grid.png"
+  result = run_cli("filters", f"--image={path}", f"--out={out}", timeout=120)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+  assert path in result.stderr and "Traceback" not in result.stderr
+  assert not (tmp_path / "new").exists()
+
+
+def _photo(folder) -> str:
+  path = folder / "photo.png"
+  Image.fromarray(np.arange(12 * 7 * 3, dtype=np.uint8).reshape(12, 7, 3)).save(path)
+  return str(path)
+
+
+@pytest.mark.parametrize("how", ["same", "relative", "dotted", "symlink", "hardlink"])
+def test_an_output_that_is_the_input_image_is_refused_before_anything_is_written(
+  tmp_path, monkeypatch, how
+):
+  image = _photo(tmp_path)
+  before = open(image, "rb").read()
+  monkeypatch.chdir(tmp_path)
+  out = {
+    "same": image,
+    "relative": "photo.png",
+    "dotted": str(tmp_path / "sub" / ".." / "photo.png"),
+    "symlink": str(tmp_path / "link.png"),
+    "hardlink": str(tmp_path / "hard.png"),
+  }[how]
+  (tmp_path / "sub").mkdir()
+  if how == "symlink":
+    os.symlink(image, out)
+  if how == "hardlink":
+    os.link(image, out)
+  with pytest.raises(UserError, match="is the input image"):
+    filters.write_filter_grid(out, image)
+  assert open(image, "rb").read() == before
+
+
+def test_cli_refuses_an_output_that_is_the_input_image_in_one_line(tmp_path):
+  image = _photo(tmp_path)
+  before = open(image, "rb").read()
+  result = run_cli("filters", f"--image={image}", f"--out={image}", timeout=120)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+  assert "is the input image" in result.stderr and "Traceback" not in result.stderr
+  assert open(image, "rb").read() == before
+
+
+def test_another_output_beside_the_input_image_is_written(tmp_path):
+  image = _photo(tmp_path)
+  assert filters.write_filter_grid(str(tmp_path / "grid.png"), image) == str(tmp_path / "grid.png")
+  with Image.open(tmp_path / "grid.png") as png:
+    assert png.format == "PNG"
+
+
+def test_an_output_folder_that_is_not_writable_is_a_user_error_naming_it(tmp_path, monkeypatch):
+  # Tests may run as root, for whom every folder is writable: os.access says what a user would see.
+  real_access = os.access
+  monkeypatch.setattr(
+    filters.os, "access", lambda p, mode: False if p == str(tmp_path) else real_access(p, mode)
+  )
+  with pytest.raises(UserError, match="grid.png.*not writable"):
+    filters.write_filter_grid(str(tmp_path / "grid.png"))
+  assert not (tmp_path / "grid.png").exists()
+
+
+def test_cli_reports_an_output_folder_that_cannot_be_created_in_one_line(tmp_path):
+  (tmp_path / "file").write_text("")
+  out = tmp_path / "file" / "sub" / "grid.png"
+  result = run_cli("filters", f"--out={out}", timeout=120)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+  assert str(out) in result.stderr and "Traceback" not in result.stderr

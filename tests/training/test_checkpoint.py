@@ -1,7 +1,9 @@
 """Checkpoints without training: the save policy, checksums, quarantine, keeping the best, config
 checks, the lock, and the Orbax names they rely on."""
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -285,3 +287,73 @@ def test_orbax_still_writes_the_on_disk_names_this_module_depends_on(tmp_path, m
   for name in (checkpoint.ORBAX_METADATA, checkpoint.ORBAX_COMMIT):
     assert os.path.isfile(os.path.join(_step(tmp_path, 1), name)), f"{changed}no {name}{fix}"
   assert checkpoint.verify(_step(tmp_path, 1)) is None
+
+
+def _rewrite_manifest(path, keep):
+  """Rewrites the step's checksums.json keeping only the entries for which `keep(rel)` holds."""
+  manifest = os.path.join(path, checkpoint.CHECKSUMS)
+  with open(manifest) as f:
+    files = json.load(f)["files"]
+  with open(manifest, "w") as f:
+    json.dump({"files": {rel: v for rel, v in files.items() if keep(rel)}}, f)
+
+
+@pytest.mark.parametrize(
+  "damage, words",
+  [
+    ("unlisted", "state/stray.bin is not in checksums.json"),
+    ("empty", "its checksums.json lists no file"),
+    ("no state", "its checksums.json lists no file under state/"),
+    ("no meta", "its checksums.json lists no file under meta/"),
+  ],
+)
+def test_the_checksums_must_list_exactly_the_files_on_disk(tmp_path, damage, words):
+  # Before: a file added to a step, or a manifest that lists nothing (or drops a whole item along
+  # with its files), verified as sound.
+  _save(tmp_path, [0.5])
+  path = _step(tmp_path, 1)
+  if damage == "unlisted":
+    with open(os.path.join(path, "state", "stray.bin"), "wb") as f:
+      f.write(b"not written by Orbax")
+  elif damage == "empty":
+    _rewrite_manifest(path, lambda rel: False)
+  else:  # The item's files and their entries both gone: what is on disk matches what is listed.
+    item = damage.split()[1]
+    shutil.rmtree(os.path.join(path, item))
+    _rewrite_manifest(path, lambda rel: not rel.startswith(item + "/"))
+  reason = checkpoint.verify(path)
+  assert reason is not None and words in reason
+
+
+def test_seal_refuses_a_save_without_state_or_meta(tmp_path):
+  pending = tmp_path / f"1{checkpoint.TMP_MARK}-0"
+  (pending / "meta").mkdir(parents=True)
+  (pending / "meta" / "metadata").write_text("{}")
+  with pytest.raises(CheckpointError, match="lists no file under state/"):
+    checkpoint.seal(str(tmp_path))
+  assert not (pending / checkpoint.CHECKSUMS).exists()
+
+
+@pytest.mark.parametrize("name", ["2", f"3{checkpoint.TMP_MARK}-1700000000"])
+def test_a_file_at_a_steps_path_is_quarantined_before_a_save_can_delete_it(tmp_path, caplog, name):
+  # Before: the file stayed (steps() skips it) and Orbax deleted it when it saved that step; one
+  # named as an unfinished save made the resume fail (rmtree on a file).
+  _save(tmp_path, [0.5])
+  stray = os.path.join(checkpoint.directory(str(tmp_path)), name)
+  with open(stray, "wb") as f:
+    f.write(b"someone's notes")
+  caplog.clear()
+  # What train._resume does.
+  assert checkpoint.remove_unfinished(str(tmp_path)) == []
+  step, _, meta = checkpoint.restore_newest(str(tmp_path), STATE)
+  assert (step, meta) == (1, {"step": 1})
+  moved = tmp_path / checkpoint.QUARANTINE / name
+  assert not os.path.lexists(stray) and moved.read_bytes() == b"someone's notes"
+  assert (
+    "it is a file, not" in (tmp_path / checkpoint.QUARANTINE / f"{name}.reason.txt").read_text()
+  )
+  messages = [r.getMessage() for r in caplog.records if r.name == checkpoint.__name__]
+  assert len(messages) == 1 and messages[0].startswith(f"warning: checkpoint {stray} is corrupt: ")
+  assert f"Moved it to {moved} " in messages[0]
+  _save(tmp_path, [0.6], first=2)  # Saving step 2 now loses nothing.
+  assert checkpoint.steps(str(tmp_path)) == [1, 2] and moved.read_bytes() == b"someone's notes"

@@ -9,6 +9,7 @@ import math
 
 import pytest
 
+from research.errors import ConfigError
 from research.training import optim
 
 from support import load
@@ -77,3 +78,86 @@ def test_step_schedule_multiplies_by_factor_every_n_epochs():
   steps = [0, 1, 29, 30, 31, 59, 60, 89, 90, 199]
   expected = [0.08, 0.08, 0.08, 0.04, 0.04, 0.04, 0.02, 0.02, 0.01, 0.08 * 0.5**6]
   assert _values(schedule, steps) == pytest.approx(expected, rel=1e-6)
+
+
+def _config_with(section: str, name: str, **keys):
+  """The default experiment with `config.<section>.name = name` and exactly `keys` set in it (the
+  default experiment's schedule arguments removed)."""
+  config = load(f"{section}.name='{name}'")
+  with config[section].unlocked():
+    if section == "schedule":
+      del config.schedule["warmup_epochs"]
+    for key, value in keys.items():
+      config[section][key] = value
+  return config
+
+
+@pytest.mark.parametrize(
+  "name, key, value, words",
+  [
+    ("cosine", "warmup_epochs", -5.0, "must be 0 or more"),
+    ("constant", "warmup_epochs", -0.5, "must be 0 or more"),
+    ("cosine", "end_fraction", -0.1, "must be 0 or more"),
+    ("cosine", "end_fraction", math.inf, "not a finite number"),
+    ("constant", "warmup_epochs", math.nan, "not a finite number"),
+    ("cosine", "warmup_epochs", 1e39, "float32"),
+    ("cosine", "warmup_epochs", 3e8, "more than 2**31 - 1 steps"),  # 3e9 steps: not int32.
+    ("step", "every_epochs", 0, "must be positive"),
+    ("step", "every_epochs", -30, "must be positive"),
+    ("step", "every_epochs", 2**31, "2**31 - 1"),
+    ("step", "factor", -0.5, "must be positive"),
+    ("step", "factor", 0.0, "must be positive"),
+    ("step", "factor", -math.inf, "not a finite number"),
+    ("cosine", "warmup_epochs", "abc", "must be a number"),
+    ("constant", "warmup_epochs", True, "must be a number"),
+  ],
+)
+def test_an_impossible_schedule_argument_names_the_key(name, key, value, words):
+  config = _config_with("schedule", name, **{key: value})
+  with pytest.raises(ConfigError, match=f"^config.schedule.{key}: ") as e:
+    optim.build_optimizer(config, total_steps=100, steps_per_epoch=STEPS_PER_EPOCH)
+  assert words in str(e.value)
+
+
+@pytest.mark.parametrize(
+  "name, key, value, words",
+  [
+    ("sgd", "momentum", -0.9, "must be 0 or more"),
+    ("sgd", "momentum", math.nan, "not a finite number"),
+    ("adamw", "weight_decay", -1e-4, "must be 0 or more"),
+    ("adamw", "weight_decay", math.inf, "not a finite number"),
+    ("adam", "b1", -0.1, "must be 0 or more"),
+    ("adam", "eps", math.inf, "not a finite number"),
+    ("rmsprop", "decay", -1.0, "must be 0 or more"),
+    ("lion", "b2", 1e39, "float32"),
+    ("lamb", "weight_decay", 10**30, "2**31 - 1"),
+  ],
+)
+def test_an_impossible_optimizer_argument_names_the_key(name, key, value, words):
+  config = _config_with("optimizer", name, **{key: value})
+  with pytest.raises(ConfigError, match=f"^config.optimizer.{key}: ") as e:
+    optim.build_optimizer(config, total_steps=100, steps_per_epoch=STEPS_PER_EPOCH)
+  assert words in str(e.value)
+
+
+@pytest.mark.parametrize("value", [math.inf, math.nan, -0.1, 0.0, 1e39])
+def test_build_optimizer_refuses_an_impossible_learning_rate_without_validate(value):
+  # `run.py cost` builds the optimizer of a config that config.validate() never sees.
+  config = load()
+  config.optimizer.learning_rate = value
+  with pytest.raises(ConfigError, match="^config.optimizer.learning_rate: must be a positive"):
+    optim.build_optimizer(config, total_steps=100, steps_per_epoch=STEPS_PER_EPOCH)
+
+
+def test_a_run_of_more_steps_than_int32_counts_names_the_number_of_epochs():
+  with pytest.raises(ConfigError, match=r"^config.train.num_epochs: makes 2147483648 steps"):
+    optim.build_optimizer(load(), total_steps=2**31, steps_per_epoch=2**21)
+
+
+def test_zero_and_flag_arguments_are_accepted():
+  config = _config_with("optimizer", "sgd", momentum=0.0, nesterov=True)
+  with config.schedule.unlocked():
+    config.schedule.end_fraction = 0.0
+    config.schedule.warmup_epochs = 0.0
+  optimizer, schedule = optim.build_optimizer(config, 2**31 - 1, STEPS_PER_EPOCH)
+  assert float(schedule(0)) == pytest.approx(3e-3) and optimizer is not None

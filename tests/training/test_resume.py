@@ -5,6 +5,7 @@ Every run here is the same small one (3 epochs of 44 steps, saves every 20 steps
 end: steps 20, 40, 44, 60, 80, 88, 100, 120, 132), compared with one uninterrupted reference run.
 """
 
+import errno
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ import pytest
 
 from research import config as config_lib
 from research.data import pipeline
-from research.errors import CheckpointError, Interrupted, TrainingDiverged
+from research.errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged
 from research.testing import faults
 from research.training import checkpoint, evaluate, lock, metrics, train
 from research.training.plan import make_plan
@@ -449,3 +450,60 @@ def test_divergence_exits_with_its_own_code(data_dir, tmp_path):
     "--config.optimizer.learning_rate=1e30",
   )  # fmt: skip
   assert result.returncode == 4 and "error: training diverged" in result.stderr
+
+
+def test_a_save_that_fails_in_the_background_stops_the_run_at_the_next_step(
+  reference, data_dir, tmp_path, monkeypatch
+):
+  workdir = tmp_path / "run"
+  original = checkpoint.seal
+
+  def full_disk(root):  # Orbax's commit of step 60 finds the disk full.
+    if any(name.startswith("60.") for name in os.listdir(root)):
+      raise OSError(errno.ENOSPC, "No space left on device")
+    original(root)
+
+  add = train.EpochLog.add
+
+  def slow_add(self, step, step_metrics):  # Steps of 50 ms, as on real data, from step 61 on.
+    if step > 60:
+      time.sleep(0.05)
+    add(self, step, step_metrics)
+
+  monkeypatch.setattr(checkpoint, "seal", full_disk)
+  monkeypatch.setattr(train.EpochLog, "add", slow_add)
+  with pytest.raises(CheckpointError) as e:
+    train.train_and_evaluate(_config(data_dir), str(workdir))
+  message = str(e.value)
+  assert message.startswith(f"saving a checkpoint into {workdir}/checkpoints failed (OSError: ")
+  assert "No space left on device" in message and "MiB free there; stopped after step " in message
+  stopped = int(message.split("stopped after step ")[1].split(".")[0])
+  assert 60 < stopped < 80 and "\n" not in message  # Once the failure is known, not at step 80.
+  assert checkpoint.steps(str(workdir)) == [20, 40, 44]  # 60 never committed; nothing after it.
+  assert [r["epoch"] for r in metrics.read(str(workdir))] == [1]  # Stopped within epoch 2.
+  monkeypatch.undo()
+  train.train_and_evaluate(_config(data_dir), str(workdir))  # Space again: resumes exactly.
+  _assert_bitwise_equal(_state(workdir), _state(reference))
+
+
+def test_resuming_with_fewer_epochs_than_done_is_refused_and_changes_nothing(
+  copy_of_reference, data_dir
+):
+  workdir = copy_of_reference
+  before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file() and "lock" not in p.name}
+  with pytest.raises(
+    ConfigError, match=r"^config.train.num_epochs: 2 epochs \(88 steps\) is fewer"
+  ):
+    train.train_and_evaluate(_config(data_dir, "train.num_epochs=2"), str(workdir))
+  after = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file() and "lock" not in p.name}
+  assert after == before  # config.json still describes the run; no config_changes.jsonl.
+
+
+def test_without_a_terminal_progress_is_logged_periodically(
+  data_dir, tmp_path, caplog, monkeypatch
+):
+  monkeypatch.setattr(train, "PROGRESS_SECONDS", 0.0)  # Every step, for the test.
+  train.train_and_evaluate(_config(data_dir, "train.num_epochs=1"), str(tmp_path))
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+  assert lines[0].startswith("step 1/44 (2%), ") and lines[-1].startswith("step 44/44 (100%), ")
+  assert all("steps/s, about " in line and line.endswith(" min left") for line in lines)
