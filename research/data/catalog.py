@@ -17,7 +17,7 @@ def _entry(config: ml_collections.ConfigDict, name: str, kind: str) -> dict:
   config = ml_collections.ConfigDict(config.to_dict())
   config.data.name = name
   builder = pipeline.get_builder(config, prepare=False)
-  info = pipeline.static_info(config)
+  info = pipeline.describe_builder(builder)  # Static metadata: nothing prepared or read.
   prepared = builder.is_prepared()
   files = None
   if name in pipeline.IDX_BUILDERS:

@@ -298,13 +298,15 @@ def _keys(builder: tfds.core.DatasetBuilder) -> tuple[str, str]:
   return keys
 
 
-def _info(builder: tfds.core.DatasetBuilder, static: bool) -> DatasetInfo:
+def describe_builder(builder: tfds.core.DatasetBuilder, static: bool = True) -> DatasetInfo:
+  """The `DatasetInfo` of `builder`; with `static`, from its static metadata (it may be unprepared,
+  and split sizes TFDS does not know then are None), else it must have a train and a test split."""
   image_key, label_key = _keys(builder)
   feature = builder.info.features[image_key]
   splits = builder.info.splits
   sizes = {split: splits[split].num_examples if split in splits else None for split in SPLITS}
-  if isinstance(builder, idx_images._IdxImages):  # Known before they are prepared.
-    sizes = dict(builder.NUM_EXAMPLES)
+  for split, known in getattr(builder, "NUM_EXAMPLES", {}).items():  # IDX datasets: known before
+    sizes[split] = sizes[split] or known  # they are prepared; the prepared metadata comes first.
   if not static:
     for split in SPLITS:
       if split not in splits:
@@ -329,14 +331,14 @@ def _info(builder: tfds.core.DatasetBuilder, static: bool) -> DatasetInfo:
 
 def info(config: ml_collections.ConfigDict) -> DatasetInfo:
   """Shape, classes and sizes of the configured dataset, preparing it if it needs no network."""
-  return _info(get_builder(config), static=False)
+  return describe_builder(get_builder(config), static=False)
 
 
 def static_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   """Shape and classes of the configured dataset from its builder's static metadata: nothing is
   downloaded, prepared or read (`run.py cost` and `run.py bench` need no data). The split sizes
   are None where they are not known without preparing."""
-  return _info(get_builder(config, prepare=False), static=True)
+  return describe_builder(get_builder(config, prepare=False), static=True)
 
 
 def _first_line(e: Exception) -> str:
