@@ -15,10 +15,12 @@ import logging
 import os
 import re
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 
 import ml_collections
 import numpy as np
+import requests
 import tensorflow_datasets as tfds
 
 from research.data import idx
@@ -269,19 +271,74 @@ def _prepare_from_idx(
   )
 
 
+PROBE_SECONDS = (
+  5.0  # How long one download host may take to answer before it counts as unreachable.
+)
+
+
+def _unreachable(builder: tfds.core.DatasetBuilder) -> str | None:
+  """The first of `builder`'s download hosts (from its checksums file) that does not answer an HTTP
+  HEAD within `PROBE_SECONDS`, with the reason; None when all answer or the URLs are not known.
+
+  Any HTTP answer, an error status included, counts as reachable: only a failure to connect does
+  not. Proxies set in the environment (`HTTPS_PROXY`, ...) are used, as TFDS's downloader uses them.
+  Without this probe, TFDS retries an unreachable host 10 times with exponential backoff (about
+  200 s) and leaves partial files behind.
+  """
+  urls = {}
+  for url in builder.url_infos or {}:
+    urls.setdefault(urllib.parse.urlsplit(url).netloc, url)
+  for host, url in urls.items():
+    try:
+      requests.head(url, timeout=PROBE_SECONDS, allow_redirects=False).close()
+    except requests.RequestException as e:
+      cause = e.args[0] if e.args else e  # urllib3's MaxRetryError, whose `reason` says why.
+      cause = getattr(cause, "reason", cause)
+      return f"{host} could not be reached ({type(cause).__name__})"
+  return None
+
+
 def _download(builder: tfds.core.DatasetBuilder, root: str) -> tfds.core.DatasetBuilder:
+  """`builder` downloaded and prepared into `root`, failing within seconds, with nothing written,
+  when its download hosts cannot be reached; a download that fails later leaves no partial files
+  (what it added under `<root>/downloads/<name>` and `<root>/<name>` is removed)."""
   name = builder.name
+  unreachable = _unreachable(builder)
+  if unreachable:
+    raise DataError(
+      f"could not download TFDS dataset {name!r}: {unreachable}; check the network (or the "
+      f"proxy), or prepare it elsewhere with `tfds build {name}` and copy it into {root}."
+    )
 
   def prepare(builder: tfds.core.DatasetBuilder) -> None:
+    ours = [os.path.join(root, "downloads", name), os.path.join(root, name)]
+    before = {path: _tree(path) for path in ours}
     try:
       builder.download_and_prepare(file_format="array_record")
     except Exception as e:
+      for path in ours:
+        _remove_new(path, before[path])
       raise DataError(
         f"could not download TFDS dataset {name!r} into {root} ({type(e).__name__}: {e}); "
         f"check the network, or prepare it elsewhere with `tfds build {name}`."
       ) from None
 
   return _prepare_once(builder, lambda: _tfds_builder(name, root), root, prepare)
+
+
+def _tree(path: str) -> set[str]:
+  """Every file and directory under `path`, `path` included; empty when it does not exist."""
+  found = {path} if os.path.exists(path) else set()
+  for parent, dirs, files in os.walk(path):
+    found.update(os.path.join(parent, n) for n in dirs + files)
+  return found
+
+
+def _remove_new(path: str, before: set[str]) -> None:
+  """Removes what is under `path` now but was not in `before` (deepest first)."""
+  for new in sorted(_tree(path) - before, key=len, reverse=True):
+    with contextlib.suppress(OSError):
+      os.rmdir(new) if os.path.isdir(new) else os.remove(new)
 
 
 def prepare(config: ml_collections.ConfigDict) -> tfds.core.DatasetBuilder:

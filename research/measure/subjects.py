@@ -178,13 +178,14 @@ def model_subject(config: ml_collections.ConfigDict) -> Subject:
   """The config's model (`training.plan.make_plan`) at `config.data.batch_size`, on one random batch
   of its dataset's shape (no data is read); the train step is `training.state.train_step` itself,
   unjitted."""
-  from research.training import (
-    plan as plan_lib,  # TFDS and Orbax take 1.5 s to import: only for models.
-  )
+  # TFDS and Orbax take 1.5 s to import: only for models.
+  from research.training import memory
+  from research.training import plan as plan_lib
   from research.training import state as state_lib
 
   # Random data of the dataset's shape: none is read, nothing is prepared.
   plan = plan_lib.make_plan(config, static=True)
+  memory.check(plan, config.data.batch_size)  # Refused from shapes, before anything is allocated.
   state = state_lib.create_train_state(plan.model, plan.tx, config.seed, plan.dataset.shape)
   rng = np.random.default_rng(config.seed)  # NumPy: see `_filled`.
   batch_shape = (config.data.batch_size, *plan.dataset.shape)

@@ -5,6 +5,7 @@ for evaluation, `mask` float32 `[batch]` (1 for a real example, 0 for padding). 
 by their callers (the training loop, evaluation, `run.py bench`), with the shardings the plan gives.
 """
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -65,23 +66,28 @@ def _all_finite_on_device(leaves: list[jax.Array]) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
+def loss_fn(
+  params: Any, state: TrainState, batch: dict, dropout: jax.Array
+) -> tuple[jax.Array, tuple[jax.Array, dict]]:
+  """(mean cross-entropy of `batch` under `params`, (logits `[b, classes]`, BatchNorm updates)),
+  in training mode with the dropout key `dropout`; `state` gives the model and its statistics."""
+  logits, updates = state.apply_fn(
+    {"params": params, "batch_stats": state.batch_stats},
+    batch["image"],
+    train=True,
+    mutable=["batch_stats"],
+    rngs={"dropout": dropout},
+  )
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+  return loss, (logits, updates)
+
+
 def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
   """One optimizer step on `batch` (`image` `[b, h, w, c]`, `label` `[b]`);
   returns the mean loss and accuracy."""
   rng, dropout = jax.random.split(state.rng)
-
-  def loss_fn(params):
-    logits, updates = state.apply_fn(
-      {"params": params, "batch_stats": state.batch_stats},
-      batch["image"],
-      train=True,
-      mutable=["batch_stats"],
-      rngs={"dropout": dropout},
-    )
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-    return loss, (logits, updates)
-
-  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  loss_of = functools.partial(loss_fn, state=state, batch=batch, dropout=dropout)
+  (loss, (logits, updates)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
   state = state.apply_gradients(
     grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats), rng=rng
   )

@@ -39,7 +39,7 @@ from research.errors import (
   TrainingDiverged,
   UserError,
 )
-from research.training import checkpoint, lock, metrics
+from research.training import checkpoint, lock, memory, metrics
 from research.training.evaluate import make_evaluator
 from research.training.plan import Plan, make_plan
 from research.training.state import TrainState, all_finite, train_step
@@ -275,10 +275,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Returns the last metrics record (see `training.metrics`).
   """
   # Everything that can be wrong with the config is found before anything is written.
+  # The memory a step needs, from the shapes in the dataset's metadata: a model that cannot fit is
+  # refused before the dataset is prepared or anything is compiled.
+  need = memory.check(make_plan(config, static=True), config.data.batch_size)
   plan = make_plan(config)
   workdir = prepare_workdir(workdir)
   with lock.hold(workdir), _stop_signals() as stop:
-    return _train(config, plan, workdir, stop)
+    return _train(config, plan, need, workdir, stop)
 
 
 def _resume(
@@ -361,13 +364,24 @@ def _diverged(e: NonFinite, saver: Saver, config: ml_collections.ConfigDict) -> 
   )
 
 
-def _train(config: ml_collections.ConfigDict, plan: Plan, workdir: str, stop: StopRequest) -> dict:
+def _train(
+  config: ml_collections.ConfigDict,
+  plan: Plan,
+  need: memory.Estimate,
+  workdir: str,
+  stop: StopRequest,
+) -> dict:
   spe, total = plan.steps_per_epoch, plan.total_steps
   log.info(
     f"{plan.dataset.name}: {plan.dataset.num_train} train / {plan.dataset.num_test} test "
     f"examples of shape {plan.dataset.shape}; batch {config.data.batch_size} -> {spe} "
     f"steps per epoch, {config.train.num_epochs} epochs -> {total} steps on {len(plan.devices)} "
     f"{plan.devices[0].platform} device(s)."
+  )
+  have, where = memory.available(plan.devices)
+  log.info(
+    f"Memory per device, estimated from shapes: {need.describe()}"
+    + (f"; {memory.size(have)} of {where}." if have is not None else f"; {where}.")
   )
 
   # ---------------------------------------------------------------------------------------------
