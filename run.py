@@ -51,9 +51,23 @@ def _config(args, overrides):
 
 
 def _train(args, overrides):
+  from research.errors import UserError
   from research.training import train
 
-  train.train_and_evaluate(_config(args, overrides), args.workdir)
+  config = _config(args, overrides)
+  if args.seeds is None:
+    train.train_and_evaluate(config, args.workdir)
+    return
+  try:
+    seeds = [int(s) for s in args.seeds.split(",")]
+  except ValueError:
+    seeds = []
+  if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+    raise UserError(
+      f"--seeds takes distinct non-negative integers separated by commas, e.g. --seeds=0,1,2; "
+      f"got {args.seeds!r}"
+    )
+  train.train_seeds(config, {s: os.path.join(args.workdir, f"seed_{s}") for s in seeds})
 
 
 def _data(args, overrides):
@@ -96,7 +110,10 @@ def _cost(args, overrides):
 def _bench(args, overrides):
   from research.measure import bench, text
 
-  result = bench.bench(_config(args, overrides), warmup=args.warmup, repeats=args.repeats)
+  config = _config(args, overrides)
+  result = bench.bench(
+    config, warmup=args.warmup, repeats=args.repeats, loop=args.loop, layers=args.layers
+  )
   print(json.dumps(result, indent=1) if args.json else text.format_bench(result))
 
 
@@ -111,6 +128,14 @@ def _command(commands, name: str, run, summary: str, description: str, config: s
   reads an experiment file (`--config`) and takes `--config.KEY=VALUE` overrides."""
   command = commands.add_parser(name, help=summary, description=description)
   command.set_defaults(run=run, takes_overrides=config is not None)
+  command.add_argument(
+    "--compile_cache",
+    default=None,
+    metavar="DIR",
+    help="JAX's persistent compilation cache: a directory, or off (default: "
+    "$CONVLAB_COMPILE_CACHE, else $XDG_CACHE_HOME/convlab/jax, i.e. ~/.cache/convlab/jax; "
+    "a $JAX_COMPILATION_CACHE_DIR of yours wins)",
+  )
   if config is not None:
     command.add_argument(
       "--config",
@@ -124,7 +149,9 @@ def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
     prog="run.py",
     description="convlab: what convolutional building blocks cost and what they buy.",
-    epilog="With no command, trains experiments/default.py into workdirs/default.",
+    epilog="With no command, trains experiments/default.py into workdirs/default. Compiled "
+    "programs are kept in JAX's persistent compilation cache (--compile_cache=DIR|off, on every "
+    "command; default ~/.cache/convlab/jax).",
   )
   commands = p.add_subparsers(dest="command", metavar="COMMAND")
   train = _command(
@@ -133,6 +160,13 @@ def parser() -> argparse.ArgumentParser:
     "(e.g. --config.model.widths='(16,32)').", config="default.py",
   )  # fmt: skip
   train.add_argument("--workdir", default=DEFAULT_WORKDIR, help="where checkpoints and metrics go")
+  train.add_argument(
+    "--seeds",
+    default=None,
+    metavar="S,S,...",
+    help="train these seeds together (their steps in one compiled call), seed S into "
+    "WORKDIR/seed_S; each gives the numbers of its own run",
+  )
   evaluate = _command(
     commands, "eval", _eval, "evaluate a saved checkpoint on the test split",
     "Print the test loss and accuracy of a checkpoint in a workdir, rebuilt from the config "
@@ -170,6 +204,19 @@ def parser() -> argparse.ArgumentParser:
   bench.add_argument(
     "--repeats", type=int, default=10, help="timed steps, at least 5 (default: 10)"
   )
+  bench.add_argument(
+    "--loop",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="also time a short real training run against the bare step (default: on; needs the "
+    "dataset)",
+  )
+  bench.add_argument(
+    "--layers",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="also time each layer alone: forward, input gradient, weight gradient (default: on)",
+  )
   data = _command(
     commands, "data", _data, "list the datasets and where they are prepared; prepare one",
     "Without arguments, lists the datasets this project knows (embedded, from IDX files, any "
@@ -203,11 +250,13 @@ def main(argv: list[str]) -> int:
     return 2
   from absl import logging as absl_logging
 
+  from research import compilation
   from research.errors import EXIT_ABORTED, UserError
 
   absl_logging.set_verbosity(absl_logging.ERROR)  # TFDS and Orbax warn about normal events.
   try:
     with _console():
+      compilation.enable_cache(args.compile_cache)  # Before anything is compiled.
       args.run(args, overrides)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)

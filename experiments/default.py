@@ -35,6 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.norm = False  # BatchNorm after every convolution.
   # dense (flatten -> hidden -> classes) | gap (1x1 conv -> global average pool).
   config.model.head = "dense"
+  # How each convolution is computed: native (XLA's convolution), shifted (one matmul per tap),
+  # im2col (one matmul) or auto (per shape, the fastest measured here; research/nn/lowering.py).
+  config.model.lowering = "native"
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = "adam"

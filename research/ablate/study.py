@@ -134,17 +134,22 @@ def run_table(
   returns the rows."""
   rows, calls = [], {}
   for variant in table.variants:
-    accuracies = []
+    records, todo = {}, {}
     for seed in config.ablation.seeds:
-      run_config = variant_config(config.ablation, variant, seed)
       workdir = os.path.join(out, "runs", name, _slug(variant["label"]), f"seed_{seed}")
-      bar.set_postfix_str(f"{name}: {variant['label']}, seed {seed}")
-      record = _finished(run_config, workdir)
-      if record is None:
-        with _quiet():
-          record = train.train_and_evaluate(run_config, workdir)
-      accuracies.append(record["test_accuracy"])
-      bar.update()
+      records[seed] = _finished(variant_config(config.ablation, variant, seed), workdir)
+      if records[seed] is None:
+        todo[seed] = workdir
+      else:
+        bar.update()
+    if todo:  # The seeds not yet done train together (`train.train_seeds`).
+      bar.set_postfix_str(f"{name}: {variant['label']}, seeds {', '.join(map(str, todo))}")
+      with _quiet():
+        records.update(
+          train.train_seeds(variant_config(config.ablation, variant, next(iter(todo))), todo)
+        )
+      bar.update(len(todo))
+    accuracies = [records[seed]["test_accuracy"] for seed in config.ablation.seeds]
     subject = subjects.model_subject(
       variant_config(config.ablation, variant, config.ablation.seeds[0])
     )

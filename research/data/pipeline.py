@@ -495,12 +495,21 @@ def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
+def epoch_indices(num_examples: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
+  """The example indices of each full batch of `epoch`: int32 `[steps_per_epoch, batch_size]`,
+  row i the batch of the epoch's step i (the incomplete last batch is dropped)."""
+  steps = steps_per_epoch(num_examples, batch_size)
+  order = epoch_order(seed, epoch, num_examples)[: steps * batch_size]
+  return order.astype(np.int32).reshape(steps, batch_size)
+
+
 def train_batches(split: Split, stats, batch_size: int, seed: int, epoch: int) -> Iterator[dict]:
-  """The full batches of one epoch: `image` float32 `[batch, h, w, c]`, `label` int32 `[batch]`."""
-  order = epoch_order(seed, epoch, len(split))
-  for step in range(steps_per_epoch(len(split), batch_size)):
-    idx = order[step * batch_size : (step + 1) * batch_size]
-    yield {"image": normalize(split.images[idx], stats), "label": split.labels[idx]}
+  """The full batches of one epoch: `image` float32 `[batch, h, w, c]`, `label` int32 `[batch]`.
+
+  The training loop gathers the same batches on the device instead
+  (`training.state.indexed_train_step`); this is their definition on the host."""
+  for batch in epoch_indices(len(split), batch_size, seed, epoch):
+    yield {"image": normalize(split.images[batch], stats), "label": split.labels[batch]}
 
 
 def eval_batches(split: Split, stats, batch_size: int) -> Iterator[dict]:

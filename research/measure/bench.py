@@ -1,32 +1,84 @@
-"""`run.py bench`: the throughput of a config's train step (`training.state.train_step`), jitted.
+"""`run.py bench`: the speed of a config's training, against which everything else is compared.
 
-Timed with the one harness (`measure.timing`) on one random batch of the dataset's shape, so no data
-loading is included: this is the step's speed, against which the training loop is compared.
+In one process, with the one timing harness (`measure.timing`):
+- `step`: the jitted train step (`training.state.train_step`) on one random batch of the dataset's
+  shape: no data loading, the step alone;
+- `eval`: the jitted eval step on one random batch of `data.eval_batch_size`;
+- `layers` (with `layers=True`): each counted layer alone, its forward, input gradient and weight
+  gradient (`measure.layers`);
+- `twin` (where torch is installed: `pip install -e ".[peer]"`): the same model and optimizer in
+  PyTorch eager (`measure.peer`), its step timed taking turns with the JAX step; `jax_ratio` is
+  JAX's examples/s over PyTorch's;
+- `compile`: the step's compilation, cold and warm (from the persistent compilation cache);
+- `peak`: a float32 matmul (`PEAK_SIZE` square), the machine's attainable FLOP/s, so that the step's
+  GFLOP/s reads as a share of it;
+- `loop` (with `loop=True`): a short real training run (`training.train.train_and_evaluate`, the
+  same code as `run.py train`, into a temporary workdir, with the config's data, checkpoint policy
+  and progress reporting): its examples/s over the epochs after the first (which compiles), against
+  the bare step's. That ratio is the loop's efficiency: what data, metrics, the progress bar and
+  checkpoints cost. It needs the dataset; where it is not prepared and cannot be prepared offline,
+  the loop is skipped and the report says why.
 """
 
+import logging
+import math
+import tempfile
+import time
+
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from jax.experimental.compilation_cache import compilation_cache
 
-from research.errors import UserError
-from research.measure import subjects, timing
+from research.errors import DataError, UserError
+from research.measure import peer, subjects, timing
 from research.measure.environment import environment
+from research.measure.layers import layer_times
+
+PEAK_SIZE = 1024  # The matmul that measures the attainable FLOP/s: [n, n] @ [n, n], float32.
+LOOP_STEPS = 200  # At least this many steps are timed in the loop, after its first epoch.
 
 
-def bench(config: ml_collections.ConfigDict, warmup: int = 3, repeats: int = 10) -> dict:
-  """Training-step throughput of the config's model and optimizer at its batch size
-  (`measure.schemas.BENCH_SCHEMA`). The step is jitted without donating the state, because the
-  harness reuses its arguments."""
+def bench(
+  config: ml_collections.ConfigDict,
+  warmup: int = 3,
+  repeats: int = 10,
+  loop: bool = False,
+  layers: bool = False,
+) -> dict:
+  """Training-step, eval and matmul throughput of the config's model and optimizer at its batch
+  sizes; with `layers` each layer's passes timed alone (`measure.layers`), with `loop` the training
+  loop's efficiency (`measure.schemas.BENCH_SCHEMA`). The step is jitted without donating the
+  state, because the harness reuses its arguments."""
   if warmup < 1 or repeats < timing.MIN_REPEATS:
     raise UserError(
       f"bench needs --warmup >= 1 and --repeats >= {timing.MIN_REPEATS}, got {warmup} and {repeats}"
     )
   subject = subjects.model_subject(config)
   step, args = subject.passes["train_step"]
-  seconds = timing.measure(jax.jit(step), *args, warmup=warmup, repeats=repeats)
+  evaluate, eval_args = _eval_pass(config, args[0], subject)
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((PEAK_SIZE, PEAK_SIZE)), jnp.float32)
+  calls = {
+    "step": (jax.jit(step), args),
+    "eval": (jax.jit(evaluate), eval_args),
+    "peak": (jax.jit(jnp.dot), (a, a)),
+  }
+  twin = _twin(config)
+  if twin is not None and "skipped" not in twin:
+    calls["twin"] = (twin.pop("run"), ())
+  times = timing.measure_interleaved(calls, warmup=warmup, repeats=repeats)
+  if "twin" in times:
+    twin["seconds"] = times["twin"].to_dict()
+    twin["examples_per_second"] = config.data.batch_size / times["twin"].median
+    twin["jax_ratio"] = times["twin"].median / times["step"].median
+  seconds = times["step"]
   batch = config.data.batch_size
   step_flops = subject.totals.train_step_flops
+  peak = 2 * PEAK_SIZE**3 / times["peak"].median
+  examples_per_second = batch / seconds.median
   return {
-    "schema": "convlab.bench/1",
+    "schema": "convlab.bench/2",
     "environment": environment(),
     "model": config.model.name,
     "optimizer": config.optimizer.name,
@@ -36,6 +88,122 @@ def bench(config: ml_collections.ConfigDict, warmup: int = 3, repeats: int = 10)
     "train_step_flops": step_flops,
     "seconds": seconds.to_dict(),
     "steps_per_second": 1.0 / seconds.median,
-    "examples_per_second": batch / seconds.median,
+    "examples_per_second": examples_per_second,
     "flops_per_second": step_flops / seconds.median,
+    "eval": {
+      "batch_size": config.data.eval_batch_size,
+      "seconds": times["eval"].to_dict(),
+      "examples_per_second": config.data.eval_batch_size / times["eval"].median,
+    },
+    "peak": {
+      "matmul": PEAK_SIZE,
+      "seconds": times["peak"].to_dict(),
+      "flops_per_second": peak,
+      "step_share": step_flops / seconds.median / peak,
+    },
+    "twin": twin,
+    "compile": _compile_times(step, args),
+    "layers": layer_times(subject.module, args[1]["image"].shape, warmup, repeats, train=False)
+    if layers
+    else None,
+    "loop": _loop(config, jax.jit(step), args, examples_per_second, warmup, repeats)
+    if loop
+    else None,
+  }
+
+
+def _twin(config: ml_collections.ConfigDict) -> dict | None:
+  """The PyTorch twin's step, to time beside the JAX one (`measure.peer`): `{"run", "torch_version",
+  "threads"}`; `{"skipped": why}` for a model it does not reproduce; None without torch."""
+  if not peer.available():
+    return None
+  try:
+    run, about = peer.twin_pass(config)
+  except peer.Unsupported as e:
+    return {"skipped": str(e)}
+  return {"run": run, **about}
+
+
+def _compile_times(step, args) -> dict:
+  """Seconds to compile the jitted step cold (an empty persistent compilation cache, in a temporary
+  directory) and warm (the same program again, after `jax.clear_caches()`: loaded from that
+  cache, as a second `run.py` process would). The process's own cache settings are restored."""
+  options = (
+    "jax_compilation_cache_dir",
+    "jax_persistent_cache_min_compile_time_secs",
+    "jax_persistent_cache_min_entry_size_bytes",
+  )
+  saved = {name: jax.config.values[name] for name in options}
+  seconds = {}
+  try:
+    with tempfile.TemporaryDirectory(prefix="convlab-compile-") as directory:
+      compilation_cache.reset_cache()
+      jax.config.update(options[0], directory)
+      jax.config.update(options[1], 0.0)
+      jax.config.update(options[2], 0)
+      for kind in ("cold", "warm"):
+        jax.clear_caches()
+        started = time.perf_counter()
+        jax.jit(step).lower(*args).compile()
+        seconds[kind] = time.perf_counter() - started
+  finally:
+    compilation_cache.reset_cache()
+    for name, value in saved.items():
+      jax.config.update(name, value)
+  return {**seconds, "warm_share": seconds["warm"] / seconds["cold"]}
+
+
+def _eval_pass(config: ml_collections.ConfigDict, state, subject: subjects.Subject):
+  """(eval_step, (state, batch)): one random batch of `data.eval_batch_size`, all real."""
+  from research.training.state import eval_step  # Orbax and TFDS: only when benchmarking.
+
+  rng = np.random.default_rng(config.seed)
+  n = config.data.eval_batch_size
+  shape = subject.passes["train_step"][1][1]["image"].shape[1:]
+  batch = {
+    "image": jnp.asarray(rng.standard_normal((n, *shape)), jnp.float32),
+    "label": jnp.zeros((n,), jnp.int32),
+    "mask": jnp.ones((n,), jnp.float32),
+  }
+  return eval_step, (state, batch)
+
+
+def _loop(
+  config: ml_collections.ConfigDict, step, args, before: float, warmup: int, repeats: int
+) -> dict:
+  """The training loop's examples/s over the epochs after the first of a short real run, and its
+  efficiency against the bare step's examples/s: the mean of `before` (measured just before) and
+  of `step(*args)` timed again just after, so that load that comes or goes during the run falls on
+  both; or why it was skipped."""
+  from research.training import plan as plan_lib
+  from research.training import train
+
+  try:
+    plan = plan_lib.make_plan(config)  # Prepares the dataset where that needs no network.
+  except DataError as e:
+    return {"skipped": str(e)}
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.train.num_epochs = 1 + max(1, math.ceil(LOOP_STEPS / plan.steps_per_epoch))
+  measured = train.LoopTiming()
+  logger = logging.getLogger("research")
+  level = logger.level
+  logger.setLevel(logging.WARNING)  # The run's own progress lines would bury the report.
+  try:
+    with tempfile.TemporaryDirectory(prefix="convlab-bench-") as workdir:
+      train.train_and_evaluate(config, workdir, measured)
+  finally:
+    logger.setLevel(level)
+  after = timing.measure(step, *args, warmup=warmup, repeats=repeats)
+  reference = (before + config.data.batch_size / after.median) / 2
+  timed = measured.epochs[1:]  # The first epoch compiles.
+  steps = sum(n for n, _ in timed)
+  seconds = sum(s for _, s in timed)
+  per_second = steps * config.data.batch_size / seconds
+  return {
+    "epochs": len(timed),
+    "steps": steps,
+    "seconds": seconds,
+    "examples_per_second": per_second,
+    "step_examples_per_second": reference,
+    "efficiency": per_second / reference,
   }

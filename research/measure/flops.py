@@ -197,6 +197,14 @@ def layers(module: nn.Module, x: Any, input_grad: bool = True, **kwargs) -> list
   `input_grad=False` marks the layers that read `x` itself as needing no input gradient
   (a model's data).
   """
+  return [layer for layer, _ in counted(module, x, input_grad, **kwargs)]
+
+
+def counted(
+  module: nn.Module, x: Any, input_grad: bool = True, **kwargs
+) -> list[tuple[Layer, nn.Module]]:
+  """`layers`, each with an unbound copy of its module (to run it alone: `run.py bench` times
+  each layer's passes)."""
   found = []
   top = []
 
@@ -205,9 +213,9 @@ def layers(module: nn.Module, x: Any, input_grad: bool = True, **kwargs) -> list
     counter = COUNTERS.get(type(context.module))
     if counter is not None and context.method_name == "__call__":
       needs = input_grad or args[0] is not top[0]
-      found.append(
-        counter(context.module, "/".join(context.module.path), args[0].shape, y.shape, needs)
-      )
+      path = "/".join(context.module.path)
+      layer = counter(context.module, path, args[0].shape, y.shape, needs)
+      found.append((layer, context.module.clone(parent=None, name=None)))
     return y
 
   def init(x):

@@ -168,9 +168,15 @@ BENCH_SCHEMA = {
     "steps_per_second",
     "examples_per_second",
     "flops_per_second",
+    "eval",
+    "peak",
+    "twin",
+    "compile",
+    "layers",
+    "loop",
   ],
   "properties": {
-    "schema": {"enum": ["convlab.bench/1"]},
+    "schema": {"enum": ["convlab.bench/2"]},
     "environment": _ENVIRONMENT,
     "model": {"type": "string"},
     "optimizer": {"type": "string"},
@@ -182,5 +188,122 @@ BENCH_SCHEMA = {
     "steps_per_second": {"type": "number", "minimum": 0},
     "examples_per_second": {"type": "number", "minimum": 0},
     "flops_per_second": {"type": "number", "minimum": 0},
+    "eval": {
+      "type": "object",
+      "required": ["batch_size", "seconds", "examples_per_second"],
+      "properties": {
+        "batch_size": {"type": "integer", "minimum": 1},
+        "seconds": _TIMING,
+        "examples_per_second": {"type": "number", "minimum": 0},
+      },
+    },
+    "peak": {
+      "type": "object",
+      "required": ["matmul", "seconds", "flops_per_second", "step_share"],
+      "properties": {
+        "matmul": {"type": "integer", "minimum": 1},
+        "seconds": _TIMING,
+        "flops_per_second": {"type": "number", "minimum": 0},
+        "step_share": {"type": "number", "minimum": 0},
+      },
+    },
+    "twin": {  # null: no torch; {"skipped": why}: a model the twin does not reproduce.
+      "oneOf": [
+        {"type": "null"},
+        {
+          "type": "object",
+          "required": ["skipped"],
+          "properties": {"skipped": {"type": "string"}},
+          "additionalProperties": False,
+        },
+        {
+          "type": "object",
+          "required": ["torch_version", "threads", "seconds", "examples_per_second", "jax_ratio"],
+          "properties": {
+            "torch_version": {"type": "string"},
+            "threads": {"type": "integer", "minimum": 1},
+            "seconds": _TIMING,
+            "examples_per_second": {"type": "number", "minimum": 0},
+            "jax_ratio": {"type": "number", "minimum": 0},
+          },
+          "additionalProperties": False,
+        },
+      ]
+    },
+    "compile": {
+      "type": "object",
+      "required": ["cold", "warm", "warm_share"],
+      "properties": {
+        "cold": {"type": "number", "minimum": 0},
+        "warm": {"type": "number", "minimum": 0},
+        "warm_share": {"type": "number", "minimum": 0},
+      },
+      "additionalProperties": False,
+    },
+    "layers": {  # null: not measured (--no-layers).
+      "oneOf": [
+        {"type": "null"},
+        {
+          "type": "array",
+          "items": {
+            "type": "object",
+            "required": [
+              "path",
+              "kind",
+              "window",
+              "input_shape",
+              "output_shape",
+              "forward_flops",
+              "seconds",
+            ],
+            "properties": {
+              "path": {"type": "string"},
+              "kind": {"enum": ["conv", "dense"]},
+              "window": {"type": "array", "items": {"type": "integer"}},
+              "input_shape": {"type": "array", "items": {"type": "integer"}},
+              "output_shape": {"type": "array", "items": {"type": "integer"}},
+              "forward_flops": {"type": "integer", "minimum": 0},
+              "seconds": {
+                "type": "object",
+                "required": ["forward", "input_grad", "weight_grad"],
+                "properties": {"forward": _TIMING, "input_grad": _TIMING, "weight_grad": _TIMING},
+                "additionalProperties": False,
+              },
+            },
+          },
+        },
+      ]
+    },
+    "loop": {  # null: not measured (--no-loop); {"skipped": why}: no data to train on.
+      "oneOf": [
+        {"type": "null"},
+        {
+          "type": "object",
+          "required": ["skipped"],
+          "properties": {"skipped": {"type": "string"}},
+          "additionalProperties": False,
+        },
+        {
+          "type": "object",
+          "required": [
+            "epochs",
+            "steps",
+            "seconds",
+            "examples_per_second",
+            "step_examples_per_second",
+            "efficiency",
+          ],
+          "properties": {
+            "step_examples_per_second": {"type": "number", "minimum": 0},
+            "epochs": {"type": "integer", "minimum": 1},
+            "steps": {"type": "integer", "minimum": 1},
+            "seconds": {"type": "number", "minimum": 0},
+            "examples_per_second": {"type": "number", "minimum": 0},
+            "efficiency": {"type": "number", "minimum": 0},
+          },
+          "additionalProperties": False,
+        },
+      ]
+    },
   },
 }

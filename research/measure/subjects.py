@@ -39,6 +39,7 @@ class Subject:
   layers: list[flops.Layer]
   totals: flops.Totals
   passes: dict[str, tuple[Callable[..., Any], tuple]]
+  module: nn.Module | None = None  # A model's module (`model_subject`); None for block variants.
 
 
 class Stack(nn.Module):
@@ -204,7 +205,7 @@ def model_subject(config: ml_collections.ConfigDict) -> Subject:
   passes["train_step"] = (state_lib.train_step, (state, batch))
   params = flops.param_count(variables)
   opt = flops.optimizer_flops(config.optimizer.name, params, config.optimizer.get("momentum"))
-  return Subject(config.model.name, found, flops.totals(found, params, opt), passes)
+  return Subject(config.model.name, found, flops.totals(found, params, opt), passes, plan.model)
 
 
 def optimizer(

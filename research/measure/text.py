@@ -32,6 +32,11 @@ def _describe(layer: dict) -> str:
   return f"{layer['path']} {window}{groups} {layer['input_shape'][-1]}->{layer['output_shape'][-1]}"
 
 
+def _describe_timed(layer: dict) -> str:
+  window = "x".join(map(str, layer["window"])) or "dense"
+  return f"{layer['path']} {window} {layer['input_shape'][-1]}->{layer['output_shape'][-1]}"
+
+
 def format_report(report: dict) -> str:
   """The report as text: per table and setting, one line per (variant, pass), ratios to the
   reference last with time beside FLOPs; then each variant's layers with their share of the block's
@@ -81,12 +86,53 @@ def format_report(report: dict) -> str:
 
 
 def format_bench(result: dict) -> str:
-  s = result["seconds"]
-  return (
+  """The bench result as lines: the step, eval, the share of the matmul peak, and the loop."""
+  s, ev, peak, loop = result["seconds"], result["eval"], result["peak"], result["loop"]
+  lines = [
     f"{result['model']} + {result['optimizer']}, batch {result['batch_size']} of "
     f"{'x'.join(map(str, result['input_shape']))}, {result['params']} params on "
-    f"{result['environment']['backend']} (jax {result['environment']['jax']}): "
-    f"{result['steps_per_second']:.1f} steps/s, {result['examples_per_second']:.0f} examples/s "
-    f"(step median [min-max] {_times(s)} ms over {s['n']} after "
-    f"{s['warmup']} warm-up; {_si(result['flops_per_second'], 'FLOP/s')} analytic)"
+    f"{result['environment']['backend']} (jax {result['environment']['jax']}), medians "
+    f"[min-max] over {s['n']} after {s['warmup']} warm-up:",
+    f"  train step  {result['examples_per_second']:.0f} examples/s, "
+    f"{result['steps_per_second']:.1f} steps/s ({_times(s)} ms a step); "
+    f"{_si(result['flops_per_second'], 'FLOP/s')} analytic",
+    f"  eval        {ev['examples_per_second']:.0f} examples/s at batch {ev['batch_size']} "
+    f"({_times(ev['seconds'])} ms a batch)",
+    f"  peak        {_si(peak['flops_per_second'], 'FLOP/s')} (float32 matmul "
+    f"{peak['matmul']}x{peak['matmul']}, {_times(peak['seconds'])} ms): the step reaches "
+    f"{100 * peak['step_share']:.0f}% of it",
+  ]
+  twin = result["twin"]
+  if twin is None:
+    lines.append('  pytorch     not installed (pip install -e ".[peer]")')
+  elif "skipped" in twin:
+    lines.append(f"  pytorch     skipped: {twin['skipped']}")
+  else:
+    lines.append(
+      f"  pytorch     {twin['examples_per_second']:.0f} examples/s ({_times(twin['seconds'])} ms "
+      f"a step; torch {twin['torch_version']}, {twin['threads']} threads, taking turns): JAX "
+      f"runs at {twin['jax_ratio']:.2f}x its speed"
+    )
+  c = result["compile"]
+  lines.append(
+    f"  compile     {c['cold']:.2f} s cold, {c['warm']:.3f} s warm (from the compilation cache): "
+    f"{100 * c['warm_share']:.0f}%"
   )
+  for layer in result["layers"] or ():
+    t = layer["seconds"]
+    lines.append(
+      f"  layer       {_describe_timed(layer):<36} forward {_times(t['forward'])}, input grad "
+      f"{_times(t['input_grad'])}, weight grad {_times(t['weight_grad'])} ms"
+    )
+  if loop is None:
+    lines.append("  loop        not measured (--no-loop)")
+  elif "skipped" in loop:
+    lines.append(f"  loop        skipped: {loop['skipped']}")
+  else:
+    lines.append(
+      f"  loop        {loop['examples_per_second']:.0f} examples/s in `run.py train` "
+      f"({loop['steps']} steps over {loop['epochs']} epochs after the first, evaluation "
+      f"excluded): {100 * loop['efficiency']:.0f}% of the bare step's "
+      f"{loop['step_examples_per_second']:.0f} (before and after it)"
+    )
+  return "\n".join(lines)

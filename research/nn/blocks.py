@@ -34,7 +34,7 @@ IntOrSeq = int | Sequence[int]
 # `kernel_size`, `padding` and `dilation`; a GAP head ignores `hidden` and `activation`. Any other
 # field a block does not have is an error (a misspelt field must not be silently dropped).
 SHARED_FIELDS = frozenset(
-  {"kernel_size", "strides", "padding", "dilation", "activation", "norm", "hidden"}
+  {"kernel_size", "strides", "padding", "dilation", "activation", "norm", "hidden", "lowering"}
 )
 
 
@@ -58,6 +58,7 @@ class Conv(nn.Module):
   dilation: IntOrSeq = 1
   groups: int = 1
   use_bias: bool = True
+  lowering: str = "native"  # How XLA computes it: `nn.conv.LOWERING_NAMES` (same numbers).
 
   @nn.compact
   def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -77,6 +78,7 @@ class Conv(nn.Module):
     y = conv_lib.conv(
       x,
       kernel,
+      lowering=self.lowering,
       strides=self.strides,
       padding=self.padding,
       dilation=self.dilation,
@@ -103,6 +105,7 @@ class SpatialBlock(nn.Module):
   dilation: IntOrSeq = 1
   activation: Activation = nn.relu
   norm: bool = False
+  lowering: str = "native"  # Each convolution's lowering (`nn.conv.LOWERING_NAMES`).
 
 
 class ConvBlock(SpatialBlock):
@@ -120,6 +123,7 @@ class ConvBlock(SpatialBlock):
       self.dilation,
       self.groups,
       use_bias=not self.norm,
+      lowering=self.lowering,
     )(x)
     return self.activation(_norm(x, self.norm, train))
 
@@ -162,6 +166,7 @@ class Factorized(SpatialBlock):
         pad,
         _along(dilation[axis], axis, ndim, 1),
         use_bias=not self.norm,
+        lowering=self.lowering,
       )(x)
       x = _norm(x, self.norm, train)
       if not last:
@@ -177,10 +182,13 @@ class Pointwise(nn.Module):
   strides: IntOrSeq = 1
   activation: Activation = nn.relu
   norm: bool = False
+  lowering: str = "native"
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    x = Conv(self.features, 1, self.strides, "VALID", use_bias=not self.norm)(x)
+    x = Conv(
+      self.features, 1, self.strides, "VALID", use_bias=not self.norm, lowering=self.lowering
+    )(x)
     return self.activation(_norm(x, self.norm, train))
 
 
@@ -205,7 +213,7 @@ class Bottleneck(SpatialBlock):
       max(1, self.features // self.reduction) if self.mid_features is None else self.mid_features
     )
     _check_features(mid, "mid_features")
-    y = Pointwise(mid, activation=self.activation, norm=self.norm)(x, train)
+    y = Pointwise(mid, activation=self.activation, norm=self.norm, lowering=self.lowering)(x, train)
     y = make_block(
       self.inner,
       mid,
@@ -215,14 +223,21 @@ class Bottleneck(SpatialBlock):
       dilation=self.dilation,
       activation=self.activation,
       norm=self.norm,
+      lowering=self.lowering,
       key="inner",
     )(y, train)
-    y = Pointwise(self.features, activation=identity, norm=self.norm)(y, train)
+    y = Pointwise(self.features, activation=identity, norm=self.norm, lowering=self.lowering)(
+      y, train
+    )
     if self.residual:
       if x.shape[1:-1] != y.shape[1:-1] or x.shape[-1] != self.features:
-        x = Pointwise(self.features, strides=self.strides, activation=identity, norm=self.norm)(
-          x, train
-        )
+        x = Pointwise(
+          self.features,
+          strides=self.strides,
+          activation=identity,
+          norm=self.norm,
+          lowering=self.lowering,
+        )(x, train)
       if x.shape != y.shape:
         raise shapes.ShapeError(
           "padding",
@@ -252,9 +267,10 @@ class Separable(SpatialBlock):
       self.dilation,
       groups=c_in,
       use_bias=not self.norm,
+      lowering=self.lowering,
     )(x)
     x = (self.mid_activation or identity)(_norm(x, self.norm, train))
-    x = Conv(self.features, 1, use_bias=not self.norm)(x)
+    x = Conv(self.features, 1, use_bias=not self.norm, lowering=self.lowering)(x)
     return self.activation(_norm(x, self.norm, train))
 
 

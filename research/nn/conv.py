@@ -1,14 +1,16 @@
 """The project's one convolution: channels-last, 1, 2 or 3 spatial dimensions, over `jax.lax`.
 
 Like every deep-learning "convolution" it is a cross-correlation: the kernel is not flipped.
+How it is computed (its lowering) is chosen by name; see `research.nn.lowering`.
 """
 
+import jax
 import jax.numpy as jnp
-from jax import lax
 
+from research.nn import lowering as lowering_lib
 from research.nn import shapes
 
-_SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
+LOWERING_NAMES = (*lowering_lib.LOWERINGS, "auto")
 
 
 def conv(
@@ -19,6 +21,7 @@ def conv(
   padding: shapes.Padding = "VALID",
   dilation: int | tuple[int, ...] = 1,
   groups: int = 1,
+  lowering: str = "native",
 ) -> jnp.ndarray:
   """Cross-correlates `x` `[batch, *spatial, c_in]` with `kernel`
   `[*window, c_in // groups, c_out]`.
@@ -27,7 +30,14 @@ def conv(
   `padding` is "SAME", "VALID", an int (the same on both sides of every axis) or one (lo, hi) pair
   per axis; `dilation` spaces the kernel taps (atrous convolution); `groups` splits channels into
   independent groups (`groups = c_in` is a depthwise convolution).
+
+  `lowering` is "native" (`lax.conv_general_dilated`), "shifted" (one matmul per kernel tap),
+  "im2col" (one matmul of the gathered patches) or "auto": the one recorded for this platform,
+  shape and dtype in the cache table of `lowering.choose`, measured and recorded there the first
+  time (at trace time, so it works inside `jit`). All agree to rounding.
   """
+  if not isinstance(lowering, str) or lowering not in LOWERING_NAMES:
+    raise ValueError(f"lowering must be one of {', '.join(LOWERING_NAMES)}; got {lowering!r}")
   ndim = kernel.ndim - 2
   if x.ndim != ndim + 2:
     raise shapes.ShapeError(
@@ -43,15 +53,13 @@ def conv(
     )
   # Raises if the kernel does not fit.
   shapes.conv_output_shape(x.shape[1:-1], kernel.shape[:-2], strides, padding, dilation)
-  sp = _SPATIAL[ndim]
-  return lax.conv_general_dilated(
-    x,
-    kernel,
-    window_strides=shapes.as_tuple(strides, ndim, "strides"),
-    padding=shapes.explicit_padding(padding, ndim),
-    rhs_dilation=shapes.as_tuple(dilation, ndim, "dilation"),
-    dimension_numbers=(f"N{sp}C", f"{sp}IO", f"N{sp}C"),
-    feature_group_count=groups,
+  if lowering == "auto":
+    dtype = jnp.result_type(x.dtype, kernel.dtype)
+    lowering = lowering_lib.choose(
+      jax.default_backend(), x.shape, kernel.shape, strides, padding, dilation, groups, dtype
+    )
+  return lowering_lib.LOWERINGS[lowering](
+    x, kernel, strides=strides, padding=padding, dilation=dilation, groups=groups
   )
 
 

@@ -22,13 +22,14 @@ import ml_collections
 
 from research.config import is_int
 from research.errors import ConfigError
-from research.nn import activations, shapes
+from research.nn import activations, conv, shapes
 from research.nn.activations import Activation, identity
 from research.nn.blocks import BLOCKS, HEADS, Pointwise, fields, make, make_block
 from research.registry import lookup
 
 # Model fields that name a registry entry: (registry, kind).
 NAMED_FIELDS = {
+  "lowering": ({name: name for name in conv.LOWERING_NAMES}, "lowering"),
   "block": (BLOCKS, "block"),
   "head": (HEADS, "head"),
   "activation": (activations.ACTIVATIONS, "activation"),
@@ -47,6 +48,7 @@ class BlockFields(nn.Module):
   norm: bool = False
   head: str = "dense"
   hidden: int = 256
+  lowering: str = "native"  # How every convolution is computed (`nn.conv.LOWERING_NAMES`).
 
   def act(self):
     return activations.get(self.activation, negative_slope=self.negative_slope)
@@ -60,6 +62,7 @@ class BlockFields(nn.Module):
       padding=self.padding,
       activation=self.act(),
       norm=self.norm,
+      lowering=self.lowering,
     )
 
   def classify(self, x: jnp.ndarray) -> jnp.ndarray:

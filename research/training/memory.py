@@ -93,17 +93,20 @@ def estimate(plan: Plan, batch_size: int) -> Estimate:
   )
 
 
-def check(plan: Plan, batch_size: int) -> Estimate:
-  """`estimate(plan, batch_size)`, or a `ConfigError` naming the model's size keys when it exceeds
-  the memory available to one device."""
+def check(plan: Plan, batch_size: int, seeds: int = 1) -> Estimate:
+  """`estimate(plan, batch_size)`, or a `ConfigError` naming the model's size keys when `seeds`
+  times it (seeds trained together, `training.train.train_seeds`) exceeds the memory available to
+  one device."""
   need = estimate(plan, batch_size)
   have, where = available(plan.devices)
-  if have is not None and need.total > have:
+  if have is not None and seeds * need.total > have:
+    several = f" for each of {seeds} seeds trained together" if seeds > 1 else ""
+    fewer = ", or train fewer seeds together" if seeds > 1 else ""
     raise ConfigError(
       "model",
-      f"training this model at batch {batch_size} needs {need.describe()} per device, more than "
-      f"the {size(max(have, 0))} of {where}: make it smaller ({_size_keys(plan)}) or lower "
-      "data.batch_size",
+      f"training this model at batch {batch_size} needs {need.describe()} per device{several}, "
+      f"more than the {size(max(have, 0))} of {where}: make it smaller ({_size_keys(plan)}) or "
+      f"lower data.batch_size{fewer}",
     )
   return need
 

@@ -82,7 +82,9 @@ def truncate_after(workdir: str, step: int) -> None:
 class MetricWriter:
   """Appends one record per evaluation to all three sinks (stdout through the `logging` module)."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, label: str = ""):
+    """`label` starts each printed line (`"seed 3: "` when several seeds train together)."""
+    self._label = label
     self._file = open(os.path.join(workdir, METRICS_FILE), "a")
     self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
 
@@ -98,7 +100,7 @@ class MetricWriter:
         self._tb.add_scalar(key, value, record["step"])
     self._tb.flush()
     log.info(
-      f"epoch {record['epoch']:4d}  step {record['step']:7d}  "
+      f"{self._label}epoch {record['epoch']:4d}  step {record['step']:7d}  "
       f"train_loss {record['train_loss']:.4f}  test_loss {record['test_loss']:.4f}  "
       f"test_accuracy {100 * record['test_accuracy']:6.2f}%  "
       f"({timing['epoch_seconds']:.2f} s, {timing['train_examples_per_second']:.0f} examples/s)"

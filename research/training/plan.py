@@ -38,8 +38,11 @@ class Plan:
 
   def shardings(self) -> tuple[NamedSharding, NamedSharding]:
     """(replicated, split along the batch axis) over all devices, on a `data` mesh axis."""
-    mesh = Mesh(np.array(self.devices), ("data",))
-    return NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    return self.sharding(), self.sharding("data")
+
+  def sharding(self, *spec) -> NamedSharding:
+    """`NamedSharding` of `PartitionSpec(*spec)` on the plan's `data` mesh axis."""
+    return NamedSharding(Mesh(np.array(self.devices), ("data",)), P(*spec))
 
   def initial_state(self, seed: int) -> TrainState:
     """The state before the first step, a function of `seed` only, replicated over the devices."""

@@ -94,6 +94,20 @@ def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
   return state, {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
 
 
+def indexed_train_step(state: TrainState, data: dict, order: jax.Array) -> tuple[TrainState, dict]:
+  """`train_step` on the batch that the state's step selects: row `state.step % steps_per_epoch`
+  of `order` (int32 `[steps_per_epoch, batch]`, `data.epoch_indices`), gathered on the device from
+  `data`: `image` float32 `[n, h, w, c]`, the split already normalized (`data.normalize`), and
+  `label` int32 `[n]`. The batches are those of `data.train_batches`, bit for bit.
+
+  The training loop's step: with the split and the epoch's order on the device, it sends nothing
+  per step but the call itself. (Normalizing on the device instead would differ from NumPy's in
+  the last bit, and change every number a run gives.)
+  """
+  idx = order[state.step % order.shape[0]]
+  return train_step(state, {"image": data["image"][idx], "label": data["label"][idx]})
+
+
 def eval_step(state: TrainState, batch: dict) -> dict:
   """Sums over the real (`mask` = 1) examples of `batch`: `loss`, `correct` and `count`."""
   logits = state.apply_fn(

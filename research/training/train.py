@@ -14,7 +14,7 @@ Progress goes to the `research.training.train` logger (and the epoch lines to
 """
 
 import contextlib
-import itertools
+import dataclasses
 import json
 import logging
 import math
@@ -42,7 +42,7 @@ from research.errors import (
 from research.training import checkpoint, lock, memory, metrics
 from research.training.evaluate import make_evaluator
 from research.training.plan import Plan, make_plan
-from research.training.state import TrainState, all_finite, train_step
+from research.training.state import TrainState, all_finite, indexed_train_step
 
 log = logging.getLogger(__name__)
 
@@ -269,19 +269,76 @@ def _stop_signals() -> Iterator[StopRequest]:
       signal.signal(s, handler)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+@dataclasses.dataclass
+class LoopTiming:
+  """What each epoch trained in this process took: (steps, seconds) in order, the seconds from
+  the epoch's first step to its last step's result, plus the time the end-of-epoch save blocked
+  the loop (so data, metrics, the progress bar and checkpoints are in; evaluation is not). The
+  first epoch's seconds include compiling the step."""
+
+  epochs: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, timing: LoopTiming | None = None
+) -> dict:
   """Trains and evaluates per epoch, checkpointing into `workdir`; resumes if it holds a checkpoint.
 
-  Returns the last metrics record (see `training.metrics`).
+  Returns the last metrics record (see `training.metrics`); fills `timing`, if given, with what
+  each epoch took (`run.py bench` compares it with the bare step).
+  """
+  return train_seeds(config, {config.seed: workdir}, timing)[config.seed]
+
+
+def train_seeds(
+  config: ml_collections.ConfigDict, workdirs: dict[int, str], timing: LoopTiming | None = None
+) -> dict[int, dict]:
+  """`train_and_evaluate` for several seeds of one config at once: seed `s` (`config.seed` set to
+  it) trains into `workdirs[s]`, exactly as a run of its own would (its checkpoints, metrics and
+  resume; the same numbers, bit for bit on CPU), but all their steps at a given step number are one
+  compiled call (`parallel_steps`). Returns each seed's last metrics record.
+
+  Seeds whose checkpoints stand at different steps train in groups, one group after another. A seed
+  that diverges stops (nothing saved after its last good step) and the others go on; the run then
+  ends with `TrainingDiverged` naming it.
   """
   # Everything that can be wrong with the config is found before anything is written.
   # The memory a step needs, from the shapes in the dataset's metadata: a model that cannot fit is
   # refused before the dataset is prepared or anything is compiled.
-  need = memory.check(make_plan(config, static=True), config.data.batch_size)
+  need = memory.check(make_plan(config, static=True), config.data.batch_size, len(workdirs))
   plan = make_plan(config)
-  workdir = prepare_workdir(workdir)
-  with lock.hold(workdir), _stop_signals() as stop:
-    return _train(config, plan, need, workdir, stop)
+  several = len(workdirs) > 1
+  with contextlib.ExitStack() as held:
+    runs = []
+    for seed, workdir in workdirs.items():
+      workdir = prepare_workdir(workdir)
+      held.enter_context(lock.hold(workdir))
+      seeded = ml_collections.ConfigDict(config.to_dict())
+      seeded.seed = seed
+      runs.append(_Run(seeded, workdir, f"seed {seed}: " if several else ""))
+    stop = held.enter_context(_stop_signals())
+    _train(plan, need, runs, stop, timing)
+  diverged = [run for run in runs if run.diverged is not None]
+  if diverged:
+    if not several:
+      raise diverged[0].diverged
+    raise TrainingDiverged(
+      f"training diverged for seed(s) {', '.join(str(r.config.seed) for r in diverged)} (the "
+      f"others finished): {'; '.join(str(r.diverged) for r in diverged)}"
+    )
+  return {run.config.seed: run.record for run in runs}
+
+
+def parallel_steps(states: list[TrainState], split: dict, orders: list) -> list:
+  """`indexed_train_step` for several seeds' states, each on its own epoch order, in one compiled
+  call: `[(state, metrics)]` in order.
+
+  The steps are written out one after another (unrolled), not vmapped: vmapping over per-seed
+  weights turns each convolution into a grouped one, which XLA's CPU backend runs 7-21x slower
+  (the issue's measurement), while the unrolled steps cost 0.68-0.85x as many separate ones and
+  give each seed the numbers of its own run, bit for bit (`tests/training/test_seeds.py`).
+  """
+  return [indexed_train_step(state, split, order) for state, order in zip(states, orders)]
 
 
 def _resume(
@@ -331,12 +388,16 @@ def _resume(
 
 
 class _Progress:
-  """Progress lines for a log: step, share done, steps/s and time left, every PROGRESS_SECONDS."""
+  """Progress lines for a log: steps done (all seeds together), share done, steps/s and time left,
+  every PROGRESS_SECONDS."""
 
   def __init__(self, start: int, total: int, now: float):
     self.start, self.total, self.started, self.last = start, total, now, now
+    self.done = start
 
-  def update(self, step: int) -> None:
+  def add(self, steps: int) -> None:
+    self.done += steps
+    step = self.done
     now = time.perf_counter()
     if now - self.last < PROGRESS_SECONDS:
       return
@@ -364,33 +425,67 @@ def _diverged(e: NonFinite, saver: Saver, config: ml_collections.ConfigDict) -> 
   )
 
 
+class _Run:
+  """One seed's run in the loop: its config, workdir, state and sinks."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, label: str):
+    self.config, self.workdir, self.label = config, workdir, label
+    self.diverged: TrainingDiverged | None = None
+    self.record: dict = {}
+
+  def start(self, plan: Plan) -> None:
+    """Resumes (or starts) the run and opens its sinks."""
+    self.state, meta = _resume(self.config, plan, self.workdir)
+    self.step = int(self.state.step)
+    with open(os.path.join(self.workdir, CONFIG_FILE), "w") as f:
+      f.write(config_lib.to_json(self.config))
+    metrics.truncate_after(self.workdir, self.step)
+    spe, total = plan.steps_per_epoch, plan.total_steps
+    restored = self.step if meta else None
+    self.saver = Saver(self.workdir, self.config, spe, total, restored=restored)
+    self.writer = metrics.MetricWriter(self.workdir, self.label)
+    self.record = (metrics.read(self.workdir) or [{}])[-1]
+    self.epoch_log = (
+      EpochLog(meta["epoch_losses"], meta["epoch_accuracies"]) if meta else EpochLog()
+    )
+
+  def save_and_stop_if_asked(self, stop: StopRequest, record: dict | None = None) -> None:
+    if stop.is_set() and self.saver.saved != self.step:
+      self.epoch_log.flush()
+      self.saver.save(self.step, self.state, self.epoch_log, record)
+
+  def close(self) -> None:
+    self.writer.close()
+    self.saver.close(self.step)
+
+
 def _train(
-  config: ml_collections.ConfigDict,
   plan: Plan,
   need: memory.Estimate,
-  workdir: str,
+  runs: list[_Run],
   stop: StopRequest,
-) -> dict:
+  timing: LoopTiming | None = None,
+) -> None:
+  config = runs[0].config  # The seeds' configs differ in the seed only.
   spe, total = plan.steps_per_epoch, plan.total_steps
   log.info(
     f"{plan.dataset.name}: {plan.dataset.num_train} train / {plan.dataset.num_test} test "
     f"examples of shape {plan.dataset.shape}; batch {config.data.batch_size} -> {spe} "
     f"steps per epoch, {config.train.num_epochs} epochs -> {total} steps on {len(plan.devices)} "
-    f"{plan.devices[0].platform} device(s)."
+    f"{plan.devices[0].platform} device(s)"
+    + (f"; {len(runs)} seeds, their steps in one call." if len(runs) > 1 else ".")
   )
   have, where = memory.available(plan.devices)
   log.info(
     f"Memory per device, estimated from shapes: {need.describe()}"
+    + (" per seed" if len(runs) > 1 else "")
     + (f"; {memory.size(have)} of {where}." if have is not None else f"; {where}.")
   )
 
   # ---------------------------------------------------------------------------------------------
-  # Resume: the newest valid checkpoint, or the initial state; the workdir's files follow it.
-  state, meta = _resume(config, plan, workdir)
-  start = int(state.step)
-  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-    f.write(config_lib.to_json(config))
-  metrics.truncate_after(workdir, start)
+  # Resume: each seed's newest valid checkpoint, or its initial state; its files follow it.
+  for run in runs:
+    run.start(plan)
 
   # ---------------------------------------------------------------------------------------------
   # Data, compiled steps and the sinks.
@@ -399,97 +494,170 @@ def _train(
   stats = data.normalizer(train, plan.dataset.pixel_max)
   log.info(f"Read {len(train)} train and {len(test)} test examples into memory in "
            f"{time.perf_counter() - loading:.1f} s (once per run).")  # fmt: skip
-  replicated, split_batch = plan.shardings()
+  replicated, _ = plan.shardings()
+  by_batch = plan.sharding(None, "data")  # An epoch's indices: each device's share of each batch.
+  # The normalized split, once: float32, 4 bytes a pixel (188 MiB for Fashion-MNIST).
+  split = {"image": data.normalize(train.images, stats), "label": train.labels}
+  on_device = jax.device_put(split, replicated)
   train_fn = jax.jit(
-    train_step,
-    in_shardings=(replicated, split_batch),
-    out_shardings=(replicated, replicated),
+    parallel_steps,
+    in_shardings=(replicated, replicated, by_batch),
+    out_shardings=replicated,
     donate_argnums=0,
   )
   evaluate = make_evaluator(plan, test, stats, config.data.eval_batch_size)
-  saver = Saver(workdir, config, spe, total, restored=start if meta else None)
-  writer = metrics.MetricWriter(workdir)
-  record = (metrics.read(workdir) or [{}])[-1]
-  epoch_log = EpochLog(meta["epoch_losses"], meta["epoch_accuracies"]) if meta else EpochLog()
-
-  def stop_if_asked(step: int, record: dict | None = None) -> None:
-    if stop.is_set():
-      if saver.saved != step:
-        epoch_log.flush()
-        saver.save(step, state, epoch_log, record)
-      raise Interrupted(
-        f"stopped by {stop.signal} at step {step} after saving it in "
-        f"{checkpoint.directory(workdir)}; rerun the same command to resume"
-      )
 
   # ---------------------------------------------------------------------------------------------
-  # The epoch loop: from the checkpoint's epoch, skipping the batches it had done.
-  step = start
-  # A bar on a terminal; elsewhere tqdm is silent, so `progress` logs a line every PROGRESS_SECONDS.
-  bar = tqdm.tqdm(total=total, initial=start, unit="step", disable=None, dynamic_ncols=True)
+  # The epoch loop, for each group of seeds that stand at the same step: from the checkpoint's
+  # epoch, skipping the batches it had done.
+  starts = sorted({run.step for run in runs})
+  bar = tqdm.tqdm(
+    total=total * len(runs),
+    initial=sum(run.step for run in runs),
+    unit="step",
+    disable=None,
+    dynamic_ncols=True,
+  )
   loop_started = time.perf_counter()
-  progress = _Progress(start, total, loop_started) if bar.disable else None
+  done = sum(run.step for run in runs)
+  progress = _Progress(done, total * len(runs), loop_started) if bar.disable else None
   try:
-    for epoch in range(start // spe, config.train.num_epochs):
-      started = time.perf_counter()
-      # Batches of this epoch done before a mid-epoch checkpoint; 0 otherwise.
-      skip = step - epoch * spe
-      if not skip:
-        epoch_log = EpochLog()
-      batches = data.train_batches(train, stats, config.data.batch_size, config.seed, epoch)
-      for batch in itertools.islice(batches, skip, None):
-        state, step_metrics = train_fn(state, jax.device_put(batch, split_batch))
-        step += 1
-        epoch_log.add(step, step_metrics)
-        bar.update()
-        if progress is not None:
-          progress.update(step)
-        saver.check(step)  # A save that failed in the background stops the run here.
-        if step % spe:  # The end of an epoch saves and stops below, after its evaluation.
-          if saver.due(step):
-            epoch_log.flush()
-            saver.save(step, state, epoch_log)
-          stop_if_asked(step)
-
-      # -------------------------------------------------------------------------------------------
-      # End of epoch: evaluate, write the metrics, save.
-      epoch_log.flush()
-      train_seconds = time.perf_counter() - started
-      record = {
-        "step": step,
-        "epoch": epoch + 1,
-        **epoch_log.means(),
-        **evaluate(state),
-        "learning_rate": float(plan.schedule(step - 1)),
-      }
-      writer.write(
-        record,
-        {
-          "epoch_seconds": time.perf_counter() - started,
-          "train_examples_per_second": (spe - skip) * config.data.batch_size / train_seconds,
-        },
-      )
-      if saver.due(step):
-        saver.save(step, state, epoch_log, record)
-      stop_if_asked(step, record)
-  except NonFinite as e:
-    raise _diverged(e, saver, config) from None
+    for start in starts:
+      group = [run for run in runs if run.step == start]
+      _train_group(plan, group, start, on_device, train_fn, evaluate, by_batch, stop, bar,
+                   progress, len(train), timing)  # fmt: skip
   finally:
     bar.close()
-    writer.close()
-    saver.close(step)
+    for run in runs:
+      run.close()
 
   # ---------------------------------------------------------------------------------------------
   # Finish.
   elapsed = time.perf_counter() - loop_started
-  if saver.saves:
+  saves, blocked = sum(r.saver.saves for r in runs), sum(r.saver.blocked for r in runs)
+  if saves:
     log.info(
-      f"Checkpointing: {saver.saves} saves blocked training for {saver.blocked:.2f} s "
-      f"of {elapsed:.2f} s ({100 * saver.blocked / max(elapsed, 1e-9):.1f}%)."
+      f"Checkpointing: {saves} saves blocked training for {blocked:.2f} s "
+      f"of {elapsed:.2f} s ({100 * blocked / max(elapsed, 1e-9):.1f}%)."
     )
-  log.info(
-    f"Done: test_accuracy {100 * record.get('test_accuracy', float('nan')):.2f}% after "
-    f"{record.get('epoch', 0)} epochs. Results in {workdir} "
-    f"(metrics.jsonl, tensorboard/, checkpoints/, {CONFIG_FILE})."
-  )
-  return record
+  for run in runs:
+    if run.diverged is None:
+      log.info(
+        f"{run.label}Done: test_accuracy "
+        f"{100 * run.record.get('test_accuracy', float('nan')):.2f}% after "
+        f"{run.record.get('epoch', 0)} epochs. Results in {run.workdir} "
+        f"(metrics.jsonl, tensorboard/, checkpoints/, {CONFIG_FILE})."
+      )
+
+
+def _train_group(
+  plan: Plan,
+  group: list[_Run],
+  start: int,
+  on_device: dict,
+  train_fn,
+  evaluate,
+  by_batch,
+  stop: StopRequest,
+  bar: tqdm.tqdm,
+  progress: "_Progress | None",
+  num_train: int,
+  timing: LoopTiming | None,
+) -> None:
+  """Trains the seeds of `group`, all at step `start`, to the end, in lockstep."""
+  config = group[0].config
+  spe, batch_size = plan.steps_per_epoch, config.data.batch_size
+
+  def diverge(run: _Run, e: NonFinite) -> None:
+    run.diverged = _diverged(e, run.saver, run.config)
+    if len(group) > 1:  # A run of its own ends with this line as its error.
+      log.error(f"{run.label}{run.diverged}")
+
+  def stop_if_asked(step: int, records: dict | None = None) -> None:
+    if not stop.is_set():
+      return
+    active = [r for r in group if r.diverged is None]
+    for run in active:
+      run.save_and_stop_if_asked(stop, (records or {}).get(run.workdir))
+    where = ", ".join(checkpoint.directory(r.workdir) for r in active)
+    raise Interrupted(
+      f"stopped by {stop.signal} at step {step} after saving it in {where}; rerun the same "
+      "command to resume"
+    )
+
+  step = start
+  for epoch in range(start // spe, config.train.num_epochs):
+    active = [r for r in group if r.diverged is None]
+    if not active:
+      return
+    started = time.perf_counter()
+    # Batches of this epoch done before a mid-epoch checkpoint; 0 otherwise.
+    skip = step - epoch * spe
+    orders = {}
+    for run in active:
+      if not skip:
+        run.epoch_log = EpochLog()
+      order = data.epoch_indices(num_train, batch_size, run.config.seed, epoch)
+      orders[run.workdir] = jax.device_put(order, by_batch)
+    for _ in range(skip, spe):  # Each step takes the batch of its own step number.
+      outputs = train_fn([r.state for r in active], on_device, [orders[r.workdir] for r in active])
+      step += 1
+      for run, (state, step_metrics) in zip(active, outputs):
+        run.state, run.step = state, step
+        try:
+          run.epoch_log.add(step, step_metrics)
+        except NonFinite as e:
+          diverge(run, e)
+      bar.update(len(active))
+      if progress is not None:
+        progress.add(len(active))
+      active = [r for r in active if r.diverged is None]
+      for run in active:
+        run.saver.check(step)  # A save that failed in the background stops the run here.
+        if step % spe and run.saver.due(step):  # The end of an epoch saves below.
+          try:
+            run.epoch_log.flush()
+            run.saver.save(step, run.state, run.epoch_log)
+          except NonFinite as e:
+            diverge(run, e)
+      active = [r for r in active if r.diverged is None]
+      if not active:
+        return
+      if step % spe:
+        stop_if_asked(step)
+
+    # ---------------------------------------------------------------------------------------------
+    # End of epoch: evaluate, write the metrics, save.
+    for run in active:
+      try:
+        run.epoch_log.flush()
+      except NonFinite as e:
+        diverge(run, e)
+    active = [r for r in active if r.diverged is None]
+    train_seconds = time.perf_counter() - started
+    blocked = sum(r.saver.blocked for r in active)
+    records = {}
+    for run in active:
+      run.record = records[run.workdir] = {
+        "step": step,
+        "epoch": epoch + 1,
+        **run.epoch_log.means(),
+        **evaluate(run.state),
+        "learning_rate": float(plan.schedule(step - 1)),
+      }
+      run.writer.write(
+        run.record,
+        {
+          "epoch_seconds": time.perf_counter() - started,
+          "train_examples_per_second": (spe - skip) * batch_size * len(active) / train_seconds,
+        },
+      )
+      if run.saver.due(step):
+        try:
+          run.saver.save(step, run.state, run.epoch_log, run.record)
+        except NonFinite as e:
+          diverge(run, e)
+    if timing is not None:
+      blocked = sum(r.saver.blocked for r in active) - blocked
+      timing.epochs.append(((spe - skip) * len(active), train_seconds + blocked))
+    stop_if_asked(step, records)

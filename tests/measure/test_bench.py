@@ -21,8 +21,34 @@ def test_bench_reports_throughput_from_the_median_step(make_config):
   median = result["seconds"]["median"]
   assert result["steps_per_second"] == pytest.approx(1 / median)
   assert result["examples_per_second"] == pytest.approx(16 / median)
+  # Eval and the matmul peak, from their own medians; the step's share of the peak.
+  assert result["eval"]["examples_per_second"] == pytest.approx(
+    result["eval"]["batch_size"] / result["eval"]["seconds"]["median"]
+  )
+  peak = result["peak"]
+  assert peak["flops_per_second"] == pytest.approx(
+    2 * bench.PEAK_SIZE**3 / peak["seconds"]["median"]
+  )
+  assert peak["step_share"] == pytest.approx(result["flops_per_second"] / peak["flops_per_second"])
+  assert result["loop"] is None and result["layers"] is None  # Not asked for.
+  compiled = result["compile"]
+  assert compiled["warm_share"] == pytest.approx(compiled["warm"] / compiled["cold"])
   with pytest.raises(UserError):
     bench.bench(make_config(), repeats=4)
+
+
+def test_the_loop_is_a_real_training_run_timed_after_its_first_epoch(make_config, monkeypatch):
+  monkeypatch.setattr(bench, "LOOP_STEPS", 60)
+  config = make_config("data.batch_size=64", "model.widths=(4,)", "model.hidden=8")
+  result = bench.bench(config, warmup=1, repeats=5, loop=True)
+  jsonschema.validate(json.loads(json.dumps(result)), BENCH_SCHEMA)
+  loop = result["loop"]
+  # 1,437 training digits at batch 64: 22 steps an epoch; 60 steps need 3 epochs after the first.
+  assert (loop["epochs"], loop["steps"]) == (3, 3 * 22)
+  assert loop["examples_per_second"] == pytest.approx(64 * loop["steps"] / loop["seconds"])
+  assert loop["efficiency"] == pytest.approx(
+    loop["examples_per_second"] / loop["step_examples_per_second"]
+  )
 
 
 def test_cli_bench_takes_warmup_and_repeats_and_prints_json_that_validates(data_dir):
@@ -31,6 +57,7 @@ def test_cli_bench_takes_warmup_and_repeats_and_prints_json_that_validates(data_
     "--json",
     "--warmup=2",
     "--repeats=6",
+    "--no-loop",
     f"--config.data.data_dir={data_dir}",
     "--config.data.batch_size=8",
     "--config.model.widths=(4,)",
@@ -67,3 +94,18 @@ def test_cli_bench_on_a_dataset_this_machine_never_saw(tmp_path):
   )  # fmt: skip
   assert result.returncode == 0, result.stderr
   assert "batch 32 of 28x28x1" in result.stdout and os.listdir(tmp_path) == []
+  # The loop needs the data: skipped, saying why, with nothing written.
+  assert "  loop        skipped: dataset 'mnist' is not prepared in " in result.stdout
+
+
+def test_each_layer_is_timed_alone_pass_by_pass(make_config):
+  config = make_config("data.batch_size=16", "model.widths=(4,)", "model.hidden=8")
+  result = bench.bench(config, warmup=1, repeats=5, layers=True)
+  jsonschema.validate(json.loads(json.dumps(result)), BENCH_SCHEMA)
+  # By hand: conv 3x3 1->4 on 8x8 (SAME), pool to 4x4x4 = 64, dense 64->8, dense 8->10.
+  shapes = [(layer["input_shape"], layer["output_shape"]) for layer in result["layers"]]
+  assert shapes == [([16, 8, 8, 1], [16, 8, 8, 4]), ([16, 64], [16, 8]), ([16, 8], [16, 10])]
+  assert result["layers"][0]["forward_flops"] == 2 * 16 * 8 * 8 * 9 * 4 + 16 * 8 * 8 * 4
+  for layer in result["layers"]:
+    assert set(layer["seconds"]) == {"forward", "input_grad", "weight_grad"}
+    assert all(t["n"] == 5 and 0 < t["min"] <= t["median"] for t in layer["seconds"].values())

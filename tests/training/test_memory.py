@@ -38,10 +38,7 @@ def _xla_bytes(plan, batch_size: int) -> int:
   compiled = jax.jit(train_step, donate_argnums=0).lower(state, batch).compile()
   m = compiled.memory_analysis()
   return (
-    m.temp_size_in_bytes
-    + m.argument_size_in_bytes
-    + m.output_size_in_bytes
-    - m.alias_size_in_bytes
+    m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
   )
 
 

@@ -45,7 +45,37 @@ class EvalStepTest(parameterized.TestCase):
 def test_a_run_compiles_its_train_and_eval_steps_once(make_config, tmp_path, monkeypatch):
   """Two epochs, a padded last test batch (360 = 2 x 128 + 104), saves between: one trace of each
   step."""
-  monkeypatch.setattr(train, "train_step", chex.assert_max_traces(state_lib.train_step, n=1))
+  monkeypatch.setattr(
+    train, "indexed_train_step", chex.assert_max_traces(state_lib.indexed_train_step, n=1)
+  )
   monkeypatch.setattr(evaluate, "eval_step", chex.assert_max_traces(state_lib.eval_step, n=1))
   train.train_and_evaluate(make_config("train.num_epochs=2", "model.widths=(8,)"), str(tmp_path))
   jax.clear_caches()
+
+
+def test_the_loop_step_gathers_on_the_device_exactly_the_host_batches(make_config):
+  """`indexed_train_step` (the loop's) over an epoch's indices equals `train_step` over
+  `data.train_batches` (the host's definition), bit for bit, step after step."""
+  from research.data import pipeline as data
+  from research.training.plan import make_plan
+
+  config = make_config("model.widths=(8,)")
+  plan = make_plan(config)
+  train_split, _ = data.load(config)
+  stats = data.normalizer(train_split, plan.dataset.pixel_max)
+  on_device = {"image": data.normalize(train_split.images, stats), "label": train_split.labels}
+  order = data.epoch_indices(len(train_split), 32, config.seed, 1)
+  host = data.train_batches(train_split, stats, 32, config.seed, 1)
+  spe = plan.steps_per_epoch
+  # Start at step spe + 3: row 3 of epoch 1's indices, as a resumed run would.
+  state = plan.initial_state(0).replace(step=spe + 3)
+  reference = state
+  indexed, bare = jax.jit(state_lib.indexed_train_step), jax.jit(state_lib.train_step)
+  for i, batch in enumerate(host):
+    if i < 3:
+      continue
+    state, m = indexed(state, on_device, order)
+    reference, r = bare(reference, batch)
+    chex.assert_trees_all_equal((state.params, m), (reference.params, r))
+    if i == 6:
+      break

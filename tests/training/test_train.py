@@ -172,13 +172,18 @@ def test_non_finite_parameters_with_a_finite_loss_stop_the_run_at_the_save(
   # The update of step 44, the first save (the end of epoch 1), makes every parameter NaN, while the
   # loss it reports was computed before the update and is finite: only the check of the state
   # before saving can catch it (the loss check would, one step later, after the save).
-  def poisoned_step(state, batch):
-    state, step_metrics = state_lib.train_step(state, batch)
-    poison = state.step == STEPS_PER_EPOCH
-    params = jax.tree.map(lambda p: jnp.where(poison, p * jnp.nan, p), state.params)
-    return state.replace(params=params), step_metrics
+  def poisoned_steps(states, split, orders):
+    outputs = []
+    for state, order in zip(states, orders):
+      state, step_metrics = state_lib.indexed_train_step(state, split, order)
+      poison = state.step == STEPS_PER_EPOCH
+      params = jax.tree.map(
+        lambda p, poison=poison: jnp.where(poison, p * jnp.nan, p), state.params
+      )
+      outputs.append((state.replace(params=params), step_metrics))
+    return outputs
 
-  monkeypatch.setattr(train, "train_step", poisoned_step)
+  monkeypatch.setattr(train, "parallel_steps", poisoned_steps)
   with pytest.raises(TrainingDiverged) as e:
     train.train_and_evaluate(make_config(*SMALL, "train.num_epochs=2"), str(tmp_path))
   assert str(e.value).startswith(

@@ -1,0 +1,584 @@
+"""A PyTorch twin of the reference CNN, so that `run.py bench` can set PyTorch eager's speed beside
+the JAX train step's, with the same numerics.
+
+torch is an optional extra (`pip install .[peer]`), never a dependency: this module imports without
+it, and everything that needs it imports it when called. `available()` says whether it is there.
+
+- `twin(config, variables)`: a `torch.nn.Module` equal to the config's `cnn` model, with the JAX
+  model's `variables` (`params` and `batch_stats`) copied in. Like the JAX model it takes images
+  `[batch, height, width, channels]` float32 and returns logits `[batch, num_classes]`.
+  `variables_of(module)` gives its weights back in the JAX layout.
+- `twin_step(module, optimizer_name, learning_rate, momentum)`: one PyTorch training step (forward,
+  mean cross-entropy, backward, optimizer step) equal to `training.state.train_step` for sgd
+  (with or without momentum, nesterov) and adam, at a constant learning rate.
+- `numerics_check(config)`: one JAX step and one twin step from the same weights on the same random
+  batch; their largest differences.
+- `bench_twin(config)`: the twin step's seconds and examples/s at `config.data.batch_size`, timed by
+  the project's one harness (`measure.timing`).
+
+Conventions the twin translates (the JAX side is the reference):
+- Layout: JAX is channels-last, images `[b, h, w, c]` and conv kernels `[kh, kw, c_in, c_out]`;
+  torch's conv weight is `[c_out, c_in, kh, kw]`. The twin permutes its input to `[b, c, h, w]`, a
+  view that is torch's channels_last memory format, and runs in that format.
+- Flatten before the dense head: JAX flattens `[b, h, w, c]` row-major (channel fastest); the twin
+  permutes back to `[b, h, w, c]` before flattening (a free view in channels_last), so the dense
+  kernel `[h*w*c, hidden]` is copied transposed, its rows in JAX's order.
+- BatchNorm (`nn.blocks._norm`): flax's momentum 0.9 keeps 0.9 of the running statistics, torch's
+  momentum is the share of the new batch: 0.1. epsilon is 1e-5 in both. In training mode both
+  normalize by the biased batch variance, but torch's BatchNorm2d updates its running variance with
+  the unbiased one (n / (n - 1) larger); the twin's BatchNorm updates it with the biased one,
+  as flax does.
+- Activations are jax's: gelu is the tanh approximation (torch's `approximate="tanh"`; torch's
+  default is the exact erf form), leaky_relu's slope is `model.negative_slope`. At exactly 0 jax's
+  leaky_relu has slope 1 and torch's `negative_slope` (a difference on a set of measure zero).
+- Optimizers: optax.sgd's trace `v = m v + g; p -= lr v` (nesterov: `p -= lr (g + m v)`) is
+  torch.optim.SGD's without dampening, and optax.adam's `lr m_hat / (sqrt(v_hat) + eps)` is
+  torch.optim.Adam's (eps outside the root, bias corrections alike).
+"""
+
+import copy
+import functools
+import types
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+# The model fields the twin reproduces; any other field of `config.model` is refused, so that a
+# field added to the JAX model later cannot be silently left out of the twin.
+MODEL_FIELDS = frozenset(
+  {
+    "name",
+    "widths",
+    "hidden",
+    "block",
+    "kernel_size",
+    "padding",
+    "activation",
+    "negative_slope",
+    "norm",
+    "head",
+    "lowering",  # How XLA computes a convolution: the same numbers, nothing for the twin to do.
+  }
+)
+BLOCKS = ("conv", "factorized")
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "leaky_relu", "identity", "elu", "silu")
+OPTIMIZERS = ("sgd", "adam")
+# `research.nn.blocks._norm`: flax.linen.BatchNorm(momentum=0.9), epsilon at flax's default.
+FLAX_BATCHNORM_MOMENTUM = 0.9
+FLAX_BATCHNORM_EPSILON = 1e-5
+# Block class names as flax names their instances in `models.CNN` (`ConvBlock_0`, ...).
+_BLOCK_SCOPES = {"conv": "ConvBlock", "factorized": "Factorized"}
+
+
+class Unsupported(ValueError):
+  """The twin does not reproduce this config; `key` names the config key (`model.block`)."""
+
+  def __init__(self, key: str, message: str):
+    self.key = key
+    super().__init__(f"config.{key}: {message}")
+
+
+def available() -> bool:
+  """Whether torch imports (the `peer` extra is installed)."""
+  try:
+    import torch  # noqa: F401
+  except ImportError:
+    return False
+  return True
+
+
+@functools.cache
+def _torch() -> types.SimpleNamespace:
+  """torch, and the twin's module classes (defined here, so that this module imports without it)."""
+  import torch
+  import torch.nn.functional as F
+
+  class FlaxBatchNorm(torch.nn.BatchNorm2d):
+    """BatchNorm2d over `[b, c, h, w]` with flax.linen.BatchNorm's running-statistics update:
+    `running = m * running + (1 - m) * batch` with flax's momentum `m`, and the batch's biased
+    variance (torch's BatchNorm2d uses the unbiased one for its running variance)."""
+
+    def __init__(self, features: int, flax_momentum: float, eps: float):
+      super().__init__(features, eps=eps, momentum=1 - flax_momentum)
+      self.flax_momentum = flax_momentum
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+      if not self.training:
+        return super().forward(x)
+      with torch.no_grad():
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+        m = self.flax_momentum
+        self.running_mean.mul_(m).add_(mean, alpha=1 - m)
+        self.running_var.mul_(m).add_(var, alpha=1 - m)
+      return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+
+  class Twin(torch.nn.Module):
+    """`models.CNN` in torch: [block -> avg-pool 2x2] per width -> flatten (in JAX's order) ->
+    dense hidden -> activation -> dense classes. `forward(image)`: `[b, h, w, c]` float32 ->
+    logits `[b, num_classes]`.
+
+    `entries` lists, for each JAX variable, `(collection, path, torch name, layout)`: where it
+    lives in the torch module and how it is laid out (`conv`, `dense` or `vector`).
+    """
+
+    def __init__(self, blocks: list, head: torch.nn.Module, entries: list):
+      super().__init__()
+      self.blocks = torch.nn.ModuleList(blocks)
+      self.head = head
+      self.entries = entries
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+      x = image.permute(0, 3, 1, 2)  # [b, c, h, w]; a view, in channels_last memory format.
+      for block in self.blocks:
+        x = F.avg_pool2d(block(x), 2, 2)
+      return self.head(x.permute(0, 2, 3, 1).flatten(1))  # JAX's flatten order: h, w, c.
+
+  activations = {
+    "relu": torch.nn.ReLU,
+    "tanh": torch.nn.Tanh,
+    "sigmoid": torch.nn.Sigmoid,
+    "gelu": functools.partial(torch.nn.GELU, approximate="tanh"),  # jax.nn.gelu's default.
+    "leaky_relu": torch.nn.LeakyReLU,
+    "identity": torch.nn.Identity,
+    "elu": torch.nn.ELU,
+    "silu": torch.nn.SiLU,
+  }
+  return types.SimpleNamespace(
+    torch=torch, F=F, FlaxBatchNorm=FlaxBatchNorm, Twin=Twin, activations=activations
+  )
+
+
+def _model_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config.model` of an experiment config, or `config` itself if it is a model config."""
+  return config.model if "model" in config else config
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Raises `Unsupported` (a `ValueError` naming the key) unless the twin reproduces the config's
+  model: `cnn`, blocks conv or factorized, the dense head, padding SAME or VALID, an activation of
+  `ACTIVATIONS`. Needs no torch."""
+  model = _model_config(config)
+  if model.name != "cnn":
+    raise Unsupported("model.name", f"the torch twin is of the cnn model only, not {model.name!r}")
+  extra = sorted(set(model.keys()) - MODEL_FIELDS)
+  if extra:
+    raise Unsupported(f"model.{extra[0]}", "the torch twin does not reproduce this field")
+  if model.get("block", "conv") not in BLOCKS:
+    raise Unsupported("model.block", f"the torch twin has blocks {BLOCKS}, not {model.block!r}")
+  if model.get("head", "dense") != "dense":
+    raise Unsupported("model.head", f"the torch twin has the dense head only, not {model.head!r}")
+  if model.get("activation", "relu") not in ACTIVATIONS:
+    raise Unsupported("model.activation", f"the torch twin has {ACTIVATIONS}")
+  padding = model.get("padding", "SAME")
+  if not isinstance(padding, str) or padding.upper() not in ("SAME", "VALID"):
+    raise Unsupported("model.padding", f"the torch twin takes SAME or VALID, not {padding!r}")
+
+
+def _to_torch(array: Any, layout: str) -> np.ndarray:
+  """A JAX variable as its torch tensor's values: conv `[kh, kw, in, out]` -> `[out, in, kh, kw]`,
+  dense `[in, out]` -> `[out, in]`, vectors unchanged."""
+  array = np.asarray(array, np.float32)
+  if layout == "conv":
+    return array.transpose(3, 2, 0, 1)
+  return array.T if layout == "dense" else array
+
+
+def _to_jax(array: np.ndarray, layout: str) -> np.ndarray:
+  """The inverse of `_to_torch`."""
+  if layout == "conv":
+    return array.transpose(2, 3, 1, 0)
+  return array.T if layout == "dense" else array
+
+
+def _leaves(tree: Any, prefix: tuple = ()) -> dict[tuple, Any]:
+  """`{path: leaf}` of a nested mapping (flax's variables)."""
+  if not hasattr(tree, "items"):
+    return {prefix: tree}
+  return {p: leaf for k, v in tree.items() for p, leaf in _leaves(v, prefix + (k,)).items()}
+
+
+def _nest(flat: dict[tuple, Any]) -> dict:
+  tree: dict = {}
+  for path, leaf in flat.items():
+    node = tree
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = leaf
+  return tree
+
+
+def twin(config: ml_collections.ConfigDict, variables: dict, channels_last: bool = True) -> Any:
+  """A `torch.nn.Module` equal to the config's `cnn` model with the JAX model's `variables`
+  (`{"params": ..., "batch_stats": ...}`, as `model.init` gives them) copied in.
+
+  `config` is an experiment config (or its `model` section). The module maps `[b, h, w, c]` float32
+  images to logits `[b, num_classes]`, in training mode (`.train()`, BatchNorm on batch statistics,
+  updating its running ones) or inference mode (`.eval()`). The channel counts are read from
+  `variables`; every variable must have its place in the twin and every place a variable, else a
+  `ValueError`. With `channels_last`, parameters and activations are in torch's channels_last
+  memory format (faster on CPU; the numbers are the same). An unsupported config is an
+  `Unsupported` error naming the key (`check`).
+  """
+  check(config)
+  t = _torch()
+  torch, nn = t.torch, t.torch.nn
+  model = _model_config(config)
+  params = variables["params"]
+  act = t.activations[model.get("activation", "relu")]
+  if model.get("activation", "relu") == "leaky_relu":
+    act = functools.partial(act, negative_slope=model.get("negative_slope", 0.01))
+  padding = model.get("padding", "SAME").upper()
+  norm = model.get("norm", False)
+  block_name = model.get("block", "conv")
+  entries, blocks = [], []
+
+  def shape(path: tuple) -> tuple[int, ...]:
+    try:
+      return np.shape(functools.reduce(lambda tree, key: tree[key], path, params))
+    except (KeyError, TypeError):
+      raise ValueError(
+        f"the JAX variables lack params/{'/'.join(path)}, which the torch twin needs"
+      ) from None
+
+  def conv(scope: tuple, name: str, layers: list) -> int:
+    """Appends the conv `scope/name` to `layers` (after a zero pad where SAME is uneven);
+    returns its output channels."""
+    kernel = shape(scope + (name, "kernel"))
+    if len(kernel) != 4:
+      raise Unsupported("model", f"the torch twin is 2-d only; kernel {kernel} at {scope}")
+    kh, kw, c_in, c_out = kernel
+    # JAX's SAME pads (k - 1) // 2 before and the rest after; VALID nothing.
+    lo = (0, 0) if padding == "VALID" else ((kh - 1) // 2, (kw - 1) // 2)
+    hi = (0, 0) if padding == "VALID" else (kh - 1 - lo[0], kw - 1 - lo[1])
+    if lo != hi:  # An even kernel: one more row and column after, by an explicit pad.
+      layers.append(nn.ZeroPad2d((lo[1], hi[1], lo[0], hi[0])))
+    torch_name = f"blocks.{len(blocks)}.{len(layers)}"
+    layers.append(nn.Conv2d(c_in, c_out, (kh, kw), padding=lo if lo == hi else 0, bias=not norm))
+    entries.append(("params", scope + (name, "kernel"), f"{torch_name}.weight", "conv"))
+    if not norm:
+      entries.append(("params", scope + (name, "bias"), f"{torch_name}.bias", "vector"))
+    return c_out
+
+  def batch_norm(scope: tuple, name: str, layers: list, features: int) -> None:
+    """Appends the BatchNorm `scope/name` (`features` channels) to `layers`."""
+    path, torch_name = scope + (name,), f"blocks.{len(blocks)}.{len(layers)}"
+    entries.append(("params", path + ("scale",), f"{torch_name}.weight", "vector"))
+    entries.append(("params", path + ("bias",), f"{torch_name}.bias", "vector"))
+    entries.append(("batch_stats", path + ("mean",), f"{torch_name}.running_mean", "vector"))
+    entries.append(("batch_stats", path + ("var",), f"{torch_name}.running_var", "vector"))
+    layers.append(t.FlaxBatchNorm(features, FLAX_BATCHNORM_MOMENTUM, FLAX_BATCHNORM_EPSILON))
+
+  convs = 2 if block_name == "factorized" else 1  # Factorized (2-d): Kx1 -> 1xK.
+  for i in range(len(model.widths)):
+    scope = (f"{_BLOCK_SCOPES[block_name]}_{i}",)
+    layers = []
+    for j in range(convs):
+      features = conv(scope, f"Conv_{j}", layers)
+      if norm:
+        batch_norm(scope, f"BatchNorm_{j}", layers, features)
+    layers.append(act())  # The factorized pair's middle has no activation (mid_activation None).
+    blocks.append(nn.Sequential(*layers))
+  head = []
+  for j in range(2):
+    path = ("DenseHead_0", f"Dense_{j}")
+    c_in, c_out = shape(path + ("kernel",))
+    head.append(nn.Linear(c_in, c_out))
+    entries.append(("params", path + ("kernel",), f"head.{len(head) - 1}.weight", "dense"))
+    entries.append(("params", path + ("bias",), f"head.{len(head) - 1}.bias", "vector"))
+    if j == 0:
+      head.append(act())
+  module = t.Twin(blocks, nn.Sequential(*head), entries)
+  load_variables(module, variables)
+  if channels_last:
+    module = module.to(memory_format=torch.channels_last)
+  return module
+
+
+def _tensor(module: Any, name: str) -> Any:
+  try:
+    return module.get_parameter(name)
+  except AttributeError:
+    return module.get_buffer(name)
+
+
+def load_variables(module: Any, variables: dict) -> None:
+  """Copies JAX `variables` into the twin `module` in place (see `twin`); a variable missing from
+  either side, or of another shape, is a `ValueError` naming its path."""
+  torch = _torch().torch
+  given = {
+    (collection,) + path: leaf
+    for collection in ("params", "batch_stats")
+    for path, leaf in _leaves(variables.get(collection) or {}).items()
+  }
+  wanted = {(collection,) + path for collection, path, _, _ in module.entries}
+  extra = sorted(set(given) - wanted)
+  if extra:
+    raise ValueError(f"the torch twin has no place for the JAX variable {'/'.join(extra[0])}")
+  with torch.no_grad():
+    for collection, path, name, layout in module.entries:
+      key = (collection,) + path
+      if key not in given:
+        raise ValueError(f"the JAX variables lack {'/'.join(key)}, which the torch twin needs")
+      values = _to_torch(given[key], layout)
+      target = _tensor(module, name)
+      if tuple(target.shape) != values.shape:
+        raise ValueError(
+          f"{'/'.join(key)} has shape {np.shape(given[key])}; the twin's {name} needs "
+          f"{tuple(_to_jax(np.zeros(target.shape), layout).shape)}"
+        )
+      target.copy_(torch.from_numpy(np.array(values, np.float32)))  # A writable copy.
+
+
+def variables_of(module: Any, grads: bool = False) -> dict:
+  """The twin's weights in the JAX layout: `{"params": ..., "batch_stats": ...}` of float32 NumPy
+  arrays, nested as the JAX model's (`batch_stats` `{}` without BatchNorm). With `grads`, the
+  gradients of the last backward pass instead: `{"params": ...}` (zeros where there is none)."""
+  flat: dict[str, dict[tuple, np.ndarray]] = (
+    {"params": {}} if grads else {"params": {}, "batch_stats": {}}
+  )
+  for collection, path, name, layout in module.entries:
+    if collection not in flat:
+      continue
+    tensor = _tensor(module, name)
+    if grads:
+      tensor = tensor.grad if tensor.grad is not None else tensor.detach() * 0
+    values = tensor.detach().cpu().numpy()
+    flat[collection][path] = np.ascontiguousarray(_to_jax(values, layout))
+  return {collection: _nest(leaves) for collection, leaves in flat.items()}
+
+
+class TwinStep:
+  """One PyTorch training step of a twin: forward in training mode, mean cross-entropy, backward,
+  optimizer step. `step(image, label)`: `image` `[b, h, w, c]` float32 and `label` `[b]` int64
+  tensors -> (the mean loss, a scalar, and the logits `[b, classes]`, both detached). Updates the
+  module's parameters (and BatchNorm statistics) in place; `optimizer` is the torch optimizer."""
+
+  def __init__(self, module: Any, optimizer: Any):
+    self.module = module
+    self.optimizer = optimizer
+
+  def __call__(self, image: Any, label: Any) -> tuple[Any, Any]:
+    F = _torch().F
+    self.module.train()
+    self.optimizer.zero_grad(set_to_none=True)
+    logits = self.module(image)
+    loss = F.cross_entropy(logits, label)
+    loss.backward()
+    self.optimizer.step()
+    return loss.detach(), logits.detach()
+
+
+def _refuse(options: dict, message: str) -> None:
+  """`Unsupported` naming `optimizer.KEY` for the first of `options`, if any."""
+  if options:
+    raise Unsupported(f"optimizer.{sorted(options)[0]}", message)
+
+
+def twin_step(
+  module: Any,
+  optimizer_name: str,
+  learning_rate: float,
+  momentum: float | None = None,
+  **options: Any,
+) -> TwinStep:
+  """The training step of `module` with the torch optimizer equal to optax's `optimizer_name` at the
+  constant `learning_rate`: sgd (`momentum`, `nesterov`) or adam (`b1`, `b2`, `eps`; `momentum`
+  must be None). Other `options` (the rest of `config.optimizer`) raise `Unsupported` naming
+  `optimizer.KEY`, as does another optimizer (`optimizer.name`)."""
+  torch = _torch().torch
+  params = list(module.parameters())
+  if optimizer_name == "sgd":
+    # Without momentum nesterov changes nothing in optax; torch refuses the pair.
+    nesterov = bool(options.pop("nesterov", False)) and bool(momentum)
+    _refuse(options, "the torch twin's sgd takes momentum and nesterov")
+    optimizer = torch.optim.SGD(
+      params, lr=learning_rate, momentum=momentum or 0.0, nesterov=nesterov
+    )
+  elif optimizer_name == "adam":
+    if momentum is not None:
+      raise Unsupported("optimizer.momentum", "adam takes no momentum (its b1 is one)")
+    b1, b2, eps = options.pop("b1", 0.9), options.pop("b2", 0.999), options.pop("eps", 1e-8)
+    if options.pop("eps_root", 0.0):
+      raise Unsupported("optimizer.eps_root", "torch's Adam has no eps inside the root")
+    _refuse(options, "the torch twin's adam takes b1, b2 and eps")
+    optimizer = torch.optim.Adam(params, lr=learning_rate, betas=(b1, b2), eps=eps)
+  else:
+    raise Unsupported("optimizer.name", f"the torch twin has {OPTIMIZERS}, not {optimizer_name!r}")
+  return TwinStep(module, optimizer)
+
+
+def _step_of(module: Any, config: ml_collections.ConfigDict) -> TwinStep:
+  """`twin_step` with the config's optimizer at its peak learning rate."""
+  options = {k: v for k, v in config.optimizer.items() if k not in ("name", "learning_rate")}
+  momentum = options.pop("momentum", None)
+  return twin_step(
+    module, config.optimizer.name, config.optimizer.learning_rate, momentum, **options
+  )
+
+
+def _setup(config: ml_collections.ConfigDict) -> tuple[Any, Any, dict]:
+  """(plan, initial JAX state, random batch) as `measure.subjects.model_subject` makes them:
+  the batch is NumPy's `standard_normal` images and `integers` labels from `config.seed`."""
+  from research.training import memory
+  from research.training import plan as plan_lib
+  from research.training import state as state_lib
+
+  plan = plan_lib.make_plan(config, static=True)
+  memory.check(plan, config.data.batch_size)
+  state = state_lib.create_train_state(plan.model, plan.tx, config.seed, plan.dataset.shape)
+  rng = np.random.default_rng(config.seed)
+  shape = (config.data.batch_size, *plan.dataset.shape)
+  batch = {
+    "image": rng.standard_normal(shape).astype(np.float32),
+    "label": rng.integers(0, plan.dataset.num_classes, shape[:1]).astype(np.int32),
+  }
+  return plan, state, batch
+
+
+def _torch_batch(batch: dict) -> tuple[Any, Any]:
+  torch = _torch().torch
+  return torch.from_numpy(batch["image"]), torch.from_numpy(batch["label"].astype(np.int64))
+
+
+def _max_abs(a: Any, b: Any) -> float:
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.max(np.abs(a - b))) if a.size else 0.0
+
+
+def _compare(jax_tree: Any, torch_tree: Any, prefix: str) -> dict[str, tuple[float, float]]:
+  """`{"prefix/path": (max |jax - torch|, max |jax|)}` over the leaves of `jax_tree`."""
+  other = _leaves(torch_tree)
+  return {
+    "/".join((prefix,) + path): (
+      _max_abs(leaf, other[path]),
+      float(np.max(np.abs(np.asarray(leaf)), initial=0.0)),
+    )
+    for path, leaf in _leaves(jax_tree).items()
+  }
+
+
+def _summary(found: dict[str, tuple[float, float]], prefix: str) -> tuple[float, float]:
+  """(the largest absolute difference over the leaves under `prefix`, and that over the largest
+  magnitude of any of them: a relative error on the scale of the whole tree, since a leaf's own
+  scale can be all cancellation, e.g. the gradient of a kernel that BatchNorm follows)."""
+  mine = [v for k, v in found.items() if k.startswith(prefix + "/")]
+  diff = max((d for d, _ in mine), default=0.0)
+  scale = max((m for _, m in mine), default=0.0)
+  return diff, diff / scale if scale else diff
+
+
+def numerics_check(config: ml_collections.ConfigDict) -> dict:
+  """One jitted JAX `train_step` and one twin step from the same initial weights on the same
+  random batch (`config.data.batch_size`, the dataset's shape; as `run.py bench` makes it), at
+  the constant learning rate `config.optimizer.learning_rate` (the config's schedule is replaced:
+  at step 0 a warm-up's rate is 0, which would leave the parameters unchanged).
+
+  Returns the largest absolute differences, JAX against torch, in float32:
+  - `loss`: the step's mean cross-entropy; `logits`: the training-mode logits `[b, classes]`;
+  - `grads`: the gradients of the parameters (whatever the optimizer);
+  - `params` and `batch_stats`: the variables after the step;
+  - `grads_relative`, `params_relative`: those over the largest magnitude in the tree;
+  - `leaves`: `{"params/ConvBlock_0/Conv_0/kernel": difference, "grads/...": ...,
+    "batch_stats/...": ...}`;
+  and for scale `loss_value` (JAX's loss) and `update` (the largest change of a JAX parameter).
+
+  Adam's first step moves each parameter by about `lr * g / (|g| + eps)`: where a gradient is
+  near eps (1e-8), float32 rounding in g (1e-8 relative to the largest gradient) moves the result
+  by up to `lr`. The gradients then agree and `params` does not; a larger `optimizer.eps` shows
+  the rest of the update agreeing.
+
+  Gradients that sum over batch x height x width terms carry float32 accumulation error that grows
+  with that count. At Fashion-MNIST's batch 128 (100,352 terms at 28x28), against a float64 twin:
+  torch's BatchNorm backward is off by up to 5e-5 (3e-3 of the largest gradient) where JAX's is
+  off by 1e-8; without BatchNorm, XLA's gradient of the first conv (one input channel) is off by
+  8e-6 where torch's is off by 2e-8. `grads_relative` is then about 1e-3, at batch 16-32 about 1e-6.
+  """
+  if not available():
+    raise ImportError("numerics_check needs torch: pip install .[peer]")
+  from research.training import state as state_lib
+
+  config = copy.deepcopy(config)
+  with config.unlocked():
+    config.schedule = ml_collections.ConfigDict({"name": "constant"})
+  _, state, batch = _setup(config)
+  module = twin(config, {"params": state.params, "batch_stats": state.batch_stats})
+  step = _step_of(module, config)
+
+  @jax.jit
+  def forward_backward(state, batch):
+    _, dropout = jax.random.split(state.rng)  # As `train_step` splits it.
+    loss_of = functools.partial(state_lib.loss_fn, state=state, batch=batch, dropout=dropout)
+    (_, (logits, _)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    return logits, grads
+
+  logits, grads = forward_backward(state, batch)
+  after, metrics = jax.jit(state_lib.train_step)(state, batch)
+  loss, torch_logits = step(*_torch_batch(batch))
+  torch_after = variables_of(module)
+  found = {
+    **_compare(grads, variables_of(module, grads=True)["params"], "grads"),
+    **_compare(after.params, torch_after["params"], "params"),
+    **_compare(after.batch_stats, torch_after["batch_stats"], "batch_stats"),
+  }
+  (grads_diff, grads_relative), (params_diff, params_relative) = (
+    _summary(found, "grads"),
+    _summary(found, "params"),
+  )
+  before = _leaves(state.params)
+  return {
+    "loss": abs(float(metrics["loss"]) - float(loss)),
+    "logits": _max_abs(logits, torch_logits.numpy()),
+    "grads": grads_diff,
+    "grads_relative": grads_relative,
+    "params": params_diff,
+    "params_relative": params_relative,
+    "batch_stats": _summary(found, "batch_stats")[0],
+    "leaves": {name: diff for name, (diff, _) in found.items()},
+    "loss_value": float(metrics["loss"]),
+    "update": max(_max_abs(leaf, before[path]) for path, leaf in _leaves(after.params).items()),
+  }
+
+
+def twin_pass(config: ml_collections.ConfigDict) -> tuple[Callable[[], None], dict]:
+  """(one twin training step at `config.data.batch_size` on one random batch of the dataset's
+  shape, as `run.py bench` times the JAX step; `{"torch_version", "threads"}`). The step uses the
+  config's optimizer at its peak learning rate (the rate does not change the time); torch's thread
+  count is left at its default. An unsupported config raises `Unsupported` (a `ValueError`);
+  torch must be installed (`available()`)."""
+  check(config)
+  torch = _torch().torch
+  _, state, batch = _setup(config)
+  module = twin(config, {"params": state.params, "batch_stats": state.batch_stats})
+  step = _step_of(module, config)
+  image, label = _torch_batch(batch)
+
+  def run() -> None:
+    step(image, label)
+
+  return run, {"torch_version": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def bench_twin(
+  config: ml_collections.ConfigDict, warmup: int = 3, repeats: int = 10
+) -> dict | None:
+  """`twin_pass` timed alone, or None if torch is not installed.
+
+  Timed by `measure.timing.measure` (`time.perf_counter`; `warmup` >= 1 untimed steps, then
+  `repeats` >= 5 timed ones; torch on CPU is synchronous, so each time is the step's). Returns
+  `torch_version`, `threads`, `seconds` (`min`, `median`, `max`, `n`, `warmup`) and
+  `examples_per_second` (batch / median).
+  """
+  if not available():
+    return None
+  from research.measure import timing
+
+  run, about = twin_pass(config)
+  seconds = timing.measure(run, warmup=warmup, repeats=repeats)
+  return {
+    **about,
+    "seconds": seconds.to_dict(),
+    "examples_per_second": config.data.batch_size / seconds.median,
+  }
