@@ -12,7 +12,8 @@ In one process, with the one timing harness (`measure.timing`):
 - `compile`: the step's compilation, cold and warm (from the persistent compilation cache);
 - `peak`: a float32 matmul (`PEAK_SIZE` square), the machine's attainable FLOP/s, so that the step's
   GFLOP/s reads as a share of it;
-- `loop` (with `loop=True`): a short real training run (`training.train.train_and_evaluate`, the
+- `loop` (with `loop=True`): a real training run, the config's own if it has at most
+  `LOOP_MAX_STEPS` steps, else its first few epochs (`training.train.train_and_evaluate`, the
   same code as `run.py train`, into a temporary workdir, with the config's data, checkpoint policy
   and progress reporting): its examples/s over the epochs after the first (which compiles), against
   the bare step's. That ratio is the loop's efficiency: what data, metrics, the progress bar and
@@ -37,7 +38,8 @@ from research.measure.environment import environment
 from research.measure.layers import layer_times
 
 PEAK_SIZE = 1024  # The matmul that measures the attainable FLOP/s: [n, n] @ [n, n], float32.
-LOOP_STEPS = 200  # At least this many steps are timed in the loop, after its first epoch.
+LOOP_MAX_STEPS = 1000  # A run up to this long is timed whole (its checkpoint policy as it is),
+LOOP_STEPS = 200  # a longer one for at least this many steps after its first epoch.
 
 
 def bench(
@@ -106,9 +108,7 @@ def bench(
     "layers": layer_times(subject.module, args[1]["image"].shape, warmup, repeats, train=False)
     if layers
     else None,
-    "loop": _loop(config, jax.jit(step), args, examples_per_second, warmup, repeats)
-    if loop
-    else None,
+    "loop": _loop(config, jax.jit(step), args, warmup, repeats) if loop else None,
   }
 
 
@@ -168,13 +168,11 @@ def _eval_pass(config: ml_collections.ConfigDict, state, subject: subjects.Subje
   return eval_step, (state, batch)
 
 
-def _loop(
-  config: ml_collections.ConfigDict, step, args, before: float, warmup: int, repeats: int
-) -> dict:
+def _loop(config: ml_collections.ConfigDict, step, args, warmup: int, repeats: int) -> dict:
   """The training loop's examples/s over the epochs after the first of a short real run, and its
-  efficiency against the bare step's examples/s: the mean of `before` (measured just before) and
-  of `step(*args)` timed again just after, so that load that comes or goes during the run falls on
-  both; or why it was skipped."""
+  efficiency against the bare step's examples/s: `step(*args)` timed alone just before the run and
+  just after it, the mean of the two, so that load that comes or goes falls on both; or why it was
+  skipped."""
   from research.training import plan as plan_lib
   from research.training import train
 
@@ -182,8 +180,10 @@ def _loop(
     plan = plan_lib.make_plan(config)  # Prepares the dataset where that needs no network.
   except DataError as e:
     return {"skipped": str(e)}
+  before = timing.measure(step, *args, warmup=warmup, repeats=repeats)
   config = ml_collections.ConfigDict(config.to_dict())
-  config.train.num_epochs = 1 + max(1, math.ceil(LOOP_STEPS / plan.steps_per_epoch))
+  if plan.total_steps > LOOP_MAX_STEPS:  # Long runs: a few epochs (the first one compiles).
+    config.train.num_epochs = 1 + max(1, math.ceil(LOOP_STEPS / plan.steps_per_epoch))
   measured = train.LoopTiming()
   logger = logging.getLogger("research")
   level = logger.level
@@ -194,7 +194,7 @@ def _loop(
   finally:
     logger.setLevel(level)
   after = timing.measure(step, *args, warmup=warmup, repeats=repeats)
-  reference = (before + config.data.batch_size / after.median) / 2
+  reference = config.data.batch_size * (1 / before.median + 1 / after.median) / 2
   timed = measured.epochs[1:]  # The first epoch compiles.
   steps = sum(n for n, _ in timed)
   seconds = sum(s for _, s in timed)

@@ -96,24 +96,23 @@ class NonFinite(Exception):
 
 
 class EpochLog:
-  """Per-step loss and accuracy of the current epoch,
-  read one step late so that the device never waits."""
+  """Per-step loss and accuracy of the current epoch. The steps' metrics stay on the device until
+  `flush` reads them all at once (before every save and at the end of the epoch), so the loop never
+  waits for the device between steps; a non-finite loss is still found at its own step, and
+  before anything after it is saved."""
 
   def __init__(self, losses=(), accuracies=()):
     self.losses, self.accuracies = list(losses), list(accuracies)
-    self._pending = None
+    self._pending: list[tuple[int, dict]] = []
 
   def add(self, step: int, step_metrics: dict) -> None:
-    """Keeps step `step`'s metrics (still on the device) and reads the previous step's."""
-    self.flush()
-    self._pending = (step, step_metrics)
+    """Keeps step `step`'s metrics (still on the device)."""
+    self._pending.append((step, step_metrics))
 
   def flush(self) -> None:
-    """Reads the pending step's metrics; a non-finite loss raises `NonFinite`."""
-    if self._pending is not None:
-      step, m = self._pending
-      self._pending = None
-      m = jax.device_get(m)
+    """Reads the pending steps' metrics; the first non-finite loss raises `NonFinite`."""
+    pending, self._pending = self._pending, []
+    for step, m in zip((s for s, _ in pending), jax.device_get([m for _, m in pending])):
       if not math.isfinite(m["loss"]):
         raise NonFinite(step, f"the loss is {float(m['loss'])}")
       self.losses.append(float(m["loss"]))

@@ -39,8 +39,9 @@ def test_bench_reports_throughput_from_the_median_step(make_config):
 
 def test_the_loop_is_a_real_training_run_timed_after_its_first_epoch(make_config, monkeypatch):
   monkeypatch.setattr(bench, "LOOP_STEPS", 60)
-  config = make_config("data.batch_size=64", "model.widths=(4,)", "model.hidden=8")
-  result = bench.bench(config, warmup=1, repeats=5, loop=True)
+  monkeypatch.setattr(bench, "LOOP_MAX_STEPS", 100)
+  small = ("data.batch_size=64", "model.widths=(4,)", "model.hidden=8")
+  result = bench.bench(make_config(*small), warmup=1, repeats=5, loop=True)
   jsonschema.validate(json.loads(json.dumps(result)), BENCH_SCHEMA)
   loop = result["loop"]
   # 1,437 training digits at batch 64: 22 steps an epoch; 60 steps need 3 epochs after the first.
@@ -49,6 +50,9 @@ def test_the_loop_is_a_real_training_run_timed_after_its_first_epoch(make_config
   assert loop["efficiency"] == pytest.approx(
     loop["examples_per_second"] / loop["step_examples_per_second"]
   )
+  # A run of at most LOOP_MAX_STEPS is timed whole: 3 epochs (66 steps), 2 after the first.
+  short = bench.bench(make_config(*small, "train.num_epochs=3"), warmup=1, repeats=5, loop=True)
+  assert (short["loop"]["epochs"], short["loop"]["steps"]) == (2, 2 * 22)
 
 
 def test_cli_bench_takes_warmup_and_repeats_and_prints_json_that_validates(data_dir):

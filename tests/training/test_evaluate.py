@@ -11,7 +11,12 @@ from research.training import checkpoint, metrics, train
 import run
 from support import load
 
-SMALL = ("model.widths=(8,16)", "model.hidden=32", "train.num_epochs=2")
+SMALL = (
+  "model.widths=(8,16)",
+  "model.hidden=32",
+  "train.num_epochs=2",
+  "train.checkpoint_every_epochs=1",
+)
 
 
 def _snapshot(workdir) -> dict[str, tuple[bytes, int]]:

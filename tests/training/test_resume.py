@@ -32,6 +32,7 @@ SMALL = (
   "model.widths=(8,16)",
   "model.hidden=32",
   "train.num_epochs=3",
+  "train.checkpoint_every_epochs=1",
   "train.checkpoint_every_steps=20",
 )
 

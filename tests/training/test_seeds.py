@@ -13,7 +13,12 @@ from research.training import train
 
 from support import run_cli
 
-SMALL = ("model.widths=(8,)", "model.hidden=16", "train.num_epochs=2")
+SMALL = (
+  "model.widths=(8,)",
+  "model.hidden=16",
+  "train.num_epochs=2",
+  "train.checkpoint_every_epochs=1",
+)
 
 
 def _same_files(a, b) -> None:

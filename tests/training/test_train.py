@@ -34,7 +34,7 @@ def _checkpoint_steps(workdir) -> list[int]:
 def test_training_writes_metrics_config_tensorboard_and_keeps_the_last_three_and_the_best_steps(
   make_config, tmp_path
 ):
-  config = make_config("train.num_epochs=5", "model.name='cnn'")
+  config = make_config("train.num_epochs=5", "model.name='cnn'", "train.checkpoint_every_epochs=1")
   record = train.train_and_evaluate(config, str(tmp_path))
   records = metrics.read(str(tmp_path))
   assert [r["epoch"] for r in records] == [1, 2, 3, 4, 5]
@@ -128,7 +128,7 @@ def test_unprepared_named_dataset_fails_fast_with_one_sentence(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
-SMALL = ("model.widths=(8,16)", "model.hidden=32")
+SMALL = ("model.widths=(8,16)", "model.hidden=32", "train.checkpoint_every_epochs=1")
 STEPS_PER_EPOCH = 44  # 1437 training digits // batch 32.
 
 
