@@ -112,7 +112,12 @@ def _bench(args, overrides):
 
   config = _config(args, overrides)
   result = bench.bench(
-    config, warmup=args.warmup, repeats=args.repeats, loop=args.loop, layers=args.layers
+    config,
+    warmup=args.warmup,
+    repeats=args.repeats,
+    loop=args.loop,
+    layers=args.layers,
+    seeds=args.seeds,
   )
   print(json.dumps(result, indent=1) if args.json else text.format_bench(result))
 
@@ -216,6 +221,13 @@ def parser() -> argparse.ArgumentParser:
     action=argparse.BooleanOptionalAction,
     default=True,
     help="also time each layer alone: forward, input gradient, weight gradient (default: on)",
+  )
+  bench.add_argument(
+    "--seeds",
+    type=int,
+    default=1,
+    help="also time N seeds' steps in one call (as train --seeds) against one call each "
+    "(default: 1, not measured)",
   )
   data = _command(
     commands, "data", _data, "list the datasets and where they are prepared; prepare one",

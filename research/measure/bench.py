@@ -9,6 +9,8 @@ In one process, with the one timing harness (`measure.timing`):
 - `twin` (where torch is installed: `pip install -e ".[peer]"`): the same model and optimizer in
   PyTorch eager (`measure.peer`), its step timed taking turns with the JAX step; `jax_ratio` is
   JAX's examples/s over PyTorch's;
+- `seeds` (with `seeds` > 1): that many seeds' steps in one compiled call, as `run.py train
+  --seeds` runs them (`training.train.parallel_steps`), against one call per seed, taking turns;
 - `compile`: the step's compilation, cold and warm (from the persistent compilation cache);
 - `peak`: a float32 matmul (`PEAK_SIZE` square), the machine's attainable FLOP/s, so that the step's
   GFLOP/s reads as a share of it;
@@ -48,6 +50,7 @@ def bench(
   repeats: int = 10,
   loop: bool = False,
   layers: bool = False,
+  seeds: int = 1,
 ) -> dict:
   """Training-step, eval and matmul throughput of the config's model and optimizer at its batch
   sizes; with `layers` each layer's passes timed alone (`measure.layers`), with `loop` the training
@@ -57,6 +60,8 @@ def bench(
     raise UserError(
       f"bench needs --warmup >= 1 and --repeats >= {timing.MIN_REPEATS}, got {warmup} and {repeats}"
     )
+  if seeds < 1:
+    raise UserError(f"bench needs --seeds >= 1, got {seeds}")
   subject = subjects.model_subject(config)
   step, args = subject.passes["train_step"]
   evaluate, eval_args = _eval_pass(config, args[0], subject)
@@ -66,10 +71,23 @@ def bench(
     "eval": (jax.jit(evaluate), eval_args),
     "peak": (jax.jit(jnp.dot), (a, a)),
   }
+  if seeds > 1:  # As `run.py train --seeds` steps them: one call for all, against one call each.
+    states = [args[0]] * seeds
+    jitted = jax.jit(step)
+    calls["together"] = (jax.jit(lambda states, b: [step(s, b) for s in states]), (states, args[1]))
+    calls["apart"] = (lambda states, b: [jitted(s, b) for s in states], (states, args[1]))
   twin = _twin(config)
   if twin is not None and "skipped" not in twin:
     calls["twin"] = (twin.pop("run"), ())
   times = timing.measure_interleaved(calls, warmup=warmup, repeats=repeats)
+  together = None
+  if seeds > 1:
+    together = {
+      "seeds": seeds,
+      "together": times["together"].to_dict(),
+      "apart": times["apart"].to_dict(),
+      "ratio": times["together"].median / times["apart"].median,
+    }
   if "twin" in times:
     twin["seconds"] = times["twin"].to_dict()
     twin["examples_per_second"] = config.data.batch_size / times["twin"].median
@@ -104,6 +122,7 @@ def bench(
       "step_share": step_flops / seconds.median / peak,
     },
     "twin": twin,
+    "seeds": together,
     "compile": _compile_times(step, args),
     "layers": layer_times(subject.module, args[1]["image"].shape, warmup, repeats, train=False)
     if layers

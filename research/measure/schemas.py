@@ -171,6 +171,7 @@ BENCH_SCHEMA = {
     "eval",
     "peak",
     "twin",
+    "seeds",
     "compile",
     "layers",
     "loop",
@@ -225,6 +226,22 @@ BENCH_SCHEMA = {
             "seconds": _TIMING,
             "examples_per_second": {"type": "number", "minimum": 0},
             "jax_ratio": {"type": "number", "minimum": 0},
+          },
+          "additionalProperties": False,
+        },
+      ]
+    },
+    "seeds": {  # null: not measured (--seeds 1).
+      "oneOf": [
+        {"type": "null"},
+        {
+          "type": "object",
+          "required": ["seeds", "together", "apart", "ratio"],
+          "properties": {
+            "seeds": {"type": "integer", "minimum": 2},
+            "together": _TIMING,
+            "apart": _TIMING,
+            "ratio": {"type": "number", "minimum": 0},
           },
           "additionalProperties": False,
         },

@@ -113,6 +113,12 @@ def format_bench(result: dict) -> str:
       f"a step; torch {twin['torch_version']}, {twin['threads']} threads, taking turns): JAX "
       f"runs at {twin['jax_ratio']:.2f}x its speed"
     )
+  seeds = result["seeds"]
+  if seeds is not None:
+    lines.append(
+      f"  seeds       {seeds['seeds']} seeds' steps in one call {_times(seeds['together'])} ms, "
+      f"one call each {_times(seeds['apart'])} ms: {seeds['ratio']:.2f}x the time"
+    )
   c = result["compile"]
   lines.append(
     f"  compile     {c['cold']:.2f} s cold, {c['warm']:.3f} s warm (from the compilation cache): "

@@ -47,6 +47,7 @@ from research.training.state import TrainState, all_finite, indexed_train_step
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
+IN_FLIGHT = 8  # Steps the host may dispatch ahead of the device (`EpochLog.add`).
 PROGRESS_SECONDS = 60.0  # Without a terminal (a log file, a scheduler), a progress line this often.
 CONFIG_CHANGES_FILE = "config_changes.jsonl"
 
@@ -106,8 +107,13 @@ class EpochLog:
     self._pending: list[tuple[int, dict]] = []
 
   def add(self, step: int, step_metrics: dict) -> None:
-    """Keeps step `step`'s metrics (still on the device)."""
+    """Keeps step `step`'s metrics (still on the device), and waits until the step `IN_FLIGHT`
+    before it is done (without reading it): the host runs at most that far ahead of the device.
+    Unbounded, it queued whole epochs, and over several CPU devices XLA's all-reduces then
+    deadlocked (two threads waiting for a rendezvous that the busy thread pool never joined)."""
     self._pending.append((step, step_metrics))
+    if len(self._pending) > IN_FLIGHT:
+      jax.block_until_ready(self._pending[-1 - IN_FLIGHT][1])
 
   def flush(self) -> None:
     """Reads the pending steps' metrics; the first non-finite loss raises `NonFinite`."""

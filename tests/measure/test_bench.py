@@ -113,3 +113,14 @@ def test_each_layer_is_timed_alone_pass_by_pass(make_config):
   for layer in result["layers"]:
     assert set(layer["seconds"]) == {"forward", "input_grad", "weight_grad"}
     assert all(t["n"] == 5 and 0 < t["min"] <= t["median"] for t in layer["seconds"].values())
+
+
+def test_seeds_together_are_timed_against_one_call_each(make_config):
+  config = make_config("data.batch_size=16", "model.widths=(4,)", "model.hidden=8")
+  result = bench.bench(config, warmup=1, repeats=5, seeds=3)
+  jsonschema.validate(json.loads(json.dumps(result)), BENCH_SCHEMA)
+  seeds = result["seeds"]
+  assert seeds["seeds"] == 3
+  assert seeds["ratio"] == pytest.approx(seeds["together"]["median"] / seeds["apart"]["median"])
+  with pytest.raises(UserError, match="--seeds >= 1, got 0"):
+    bench.bench(config, seeds=0)
