@@ -33,6 +33,19 @@ _ENVIRONMENT = {
     "cpu_cores": {"type": ["integer", "null"]},
   },
 }
+
+
+def _optional(schema: dict, skippable: bool = False) -> dict:
+  """`schema`, or null (not measured), or with `skippable` `{"skipped": why}`."""
+  skipped = {
+    "type": "object",
+    "required": ["skipped"],
+    "properties": {"skipped": {"type": "string"}},
+    "additionalProperties": False,
+  }
+  return {"oneOf": [{"type": "null"}, *([skipped] if skippable else []), schema]}
+
+
 _LAYER = {
   "type": "object",
   "required": [
@@ -66,6 +79,8 @@ _LAYER = {
     "forward_backward_flops": {"type": "integer", "minimum": 0},
   },
 }
+# The fields of a bench layer that `_LAYER` (a cost report's) describes too.
+_TIMED_LAYER_FIELDS = ("path", "kind", "window", "input_shape", "output_shape", "forward_flops")
 _PASS = {
   "type": "object",
   "required": [
@@ -208,45 +223,35 @@ BENCH_SCHEMA = {
         "step_share": {"type": "number", "minimum": 0},
       },
     },
-    "twin": {  # null: no torch; {"skipped": why}: a model the twin does not reproduce.
-      "oneOf": [
-        {"type": "null"},
-        {
-          "type": "object",
-          "required": ["skipped"],
-          "properties": {"skipped": {"type": "string"}},
-          "additionalProperties": False,
+    # null: no torch; {"skipped": why}: a model the twin does not reproduce.
+    "twin": _optional(
+      {
+        "type": "object",
+        "required": ["torch_version", "threads", "seconds", "examples_per_second", "jax_ratio"],
+        "properties": {
+          "torch_version": {"type": "string"},
+          "threads": {"type": "integer", "minimum": 1},
+          "seconds": _TIMING,
+          "examples_per_second": {"type": "number", "minimum": 0},
+          "jax_ratio": {"type": "number", "minimum": 0},
         },
-        {
-          "type": "object",
-          "required": ["torch_version", "threads", "seconds", "examples_per_second", "jax_ratio"],
-          "properties": {
-            "torch_version": {"type": "string"},
-            "threads": {"type": "integer", "minimum": 1},
-            "seconds": _TIMING,
-            "examples_per_second": {"type": "number", "minimum": 0},
-            "jax_ratio": {"type": "number", "minimum": 0},
-          },
-          "additionalProperties": False,
+        "additionalProperties": False,
+      },
+      skippable=True,
+    ),
+    "seeds": _optional(  # null: not measured (--seeds 1).
+      {
+        "type": "object",
+        "required": ["seeds", "together", "apart", "ratio"],
+        "properties": {
+          "seeds": {"type": "integer", "minimum": 2},
+          "together": _TIMING,
+          "apart": _TIMING,
+          "ratio": {"type": "number", "minimum": 0},
         },
-      ]
-    },
-    "seeds": {  # null: not measured (--seeds 1).
-      "oneOf": [
-        {"type": "null"},
-        {
-          "type": "object",
-          "required": ["seeds", "together", "apart", "ratio"],
-          "properties": {
-            "seeds": {"type": "integer", "minimum": 2},
-            "together": _TIMING,
-            "apart": _TIMING,
-            "ratio": {"type": "number", "minimum": 0},
-          },
-          "additionalProperties": False,
-        },
-      ]
-    },
+        "additionalProperties": False,
+      }
+    ),
     "compile": {
       "type": "object",
       "required": ["cold", "warm", "warm_share"],
@@ -257,70 +262,47 @@ BENCH_SCHEMA = {
       },
       "additionalProperties": False,
     },
-    "layers": {  # null: not measured (--no-layers).
-      "oneOf": [
-        {"type": "null"},
-        {
-          "type": "array",
-          "items": {
-            "type": "object",
-            "required": [
-              "path",
-              "kind",
-              "window",
-              "input_shape",
-              "output_shape",
-              "forward_flops",
-              "seconds",
-            ],
-            "properties": {
-              "path": {"type": "string"},
-              "kind": {"enum": ["conv", "dense"]},
-              "window": {"type": "array", "items": {"type": "integer"}},
-              "input_shape": {"type": "array", "items": {"type": "integer"}},
-              "output_shape": {"type": "array", "items": {"type": "integer"}},
-              "forward_flops": {"type": "integer", "minimum": 0},
-              "seconds": {
-                "type": "object",
-                "required": ["forward", "input_grad", "weight_grad"],
-                "properties": {"forward": _TIMING, "input_grad": _TIMING, "weight_grad": _TIMING},
-                "additionalProperties": False,
-              },
+    "layers": _optional(  # null: not measured (--no-layers).
+      {
+        "type": "array",
+        "items": {
+          "type": "object",
+          "required": [*_TIMED_LAYER_FIELDS, "seconds"],
+          "properties": {
+            **{k: _LAYER["properties"][k] for k in _TIMED_LAYER_FIELDS},
+            "seconds": {
+              "type": "object",
+              "required": ["forward", "input_grad", "weight_grad"],
+              "properties": {"forward": _TIMING, "input_grad": _TIMING, "weight_grad": _TIMING},
+              "additionalProperties": False,
             },
           },
         },
-      ]
-    },
-    "loop": {  # null: not measured (--no-loop); {"skipped": why}: no data to train on.
-      "oneOf": [
-        {"type": "null"},
-        {
-          "type": "object",
-          "required": ["skipped"],
-          "properties": {"skipped": {"type": "string"}},
-          "additionalProperties": False,
+      }
+    ),
+    # null: not measured (--no-loop); {"skipped": why}: no data to train on.
+    "loop": _optional(
+      {
+        "type": "object",
+        "required": [
+          "epochs",
+          "steps",
+          "seconds",
+          "examples_per_second",
+          "step_examples_per_second",
+          "efficiency",
+        ],
+        "properties": {
+          "step_examples_per_second": {"type": "number", "minimum": 0},
+          "epochs": {"type": "integer", "minimum": 1},
+          "steps": {"type": "integer", "minimum": 1},
+          "seconds": {"type": "number", "minimum": 0},
+          "examples_per_second": {"type": "number", "minimum": 0},
+          "efficiency": {"type": "number", "minimum": 0},
         },
-        {
-          "type": "object",
-          "required": [
-            "epochs",
-            "steps",
-            "seconds",
-            "examples_per_second",
-            "step_examples_per_second",
-            "efficiency",
-          ],
-          "properties": {
-            "step_examples_per_second": {"type": "number", "minimum": 0},
-            "epochs": {"type": "integer", "minimum": 1},
-            "steps": {"type": "integer", "minimum": 1},
-            "seconds": {"type": "number", "minimum": 0},
-            "examples_per_second": {"type": "number", "minimum": 0},
-            "efficiency": {"type": "number", "minimum": 0},
-          },
-          "additionalProperties": False,
-        },
-      ]
-    },
+        "additionalProperties": False,
+      },
+      skippable=True,
+    ),
   },
 }

@@ -32,6 +32,15 @@ def _describe(layer: dict) -> str:
   return f"{layer['path']} {window}{groups} {layer['input_shape'][-1]}->{layer['output_shape'][-1]}"
 
 
+def _optional(label: str, value: dict | None, missing: str, render) -> str:
+  """One bench line for a figure that may be missing (None) or skipped (`{"skipped": why}`)."""
+  if value is None:
+    return f"  {label:<12}{missing}"
+  if "skipped" in value:
+    return f"  {label:<12}skipped: {value['skipped']}"
+  return f"  {label:<12}{render(value)}"
+
+
 def _describe_timed(layer: dict) -> str:
   window = "x".join(map(str, layer["window"])) or "dense"
   return f"{layer['path']} {window} {layer['input_shape'][-1]}->{layer['output_shape'][-1]}"
@@ -102,17 +111,18 @@ def format_bench(result: dict) -> str:
     f"{peak['matmul']}x{peak['matmul']}, {_times(peak['seconds'])} ms): the step reaches "
     f"{100 * peak['step_share']:.0f}% of it",
   ]
-  twin = result["twin"]
-  if twin is None:
-    lines.append('  pytorch     not installed (pip install -e ".[peer]")')
-  elif "skipped" in twin:
-    lines.append(f"  pytorch     skipped: {twin['skipped']}")
-  else:
-    lines.append(
-      f"  pytorch     {twin['examples_per_second']:.0f} examples/s ({_times(twin['seconds'])} ms "
-      f"a step; torch {twin['torch_version']}, {twin['threads']} threads, taking turns): JAX "
-      f"runs at {twin['jax_ratio']:.2f}x its speed"
+  lines.append(
+    _optional(
+      "pytorch",
+      result["twin"],
+      'not installed (pip install -e ".[peer]")',
+      lambda t: (
+        f"{t['examples_per_second']:.0f} examples/s ({_times(t['seconds'])} ms a step; "
+        f"torch {t['torch_version']}, {t['threads']} threads, taking turns): JAX runs at "
+        f"{t['jax_ratio']:.2f}x its speed"
+      ),
     )
+  )
   seeds = result["seeds"]
   if seeds is not None:
     lines.append(
@@ -130,15 +140,17 @@ def format_bench(result: dict) -> str:
       f"  layer       {_describe_timed(layer):<36} forward {_times(t['forward'])}, input grad "
       f"{_times(t['input_grad'])}, weight grad {_times(t['weight_grad'])} ms"
     )
-  if loop is None:
-    lines.append("  loop        not measured (--no-loop)")
-  elif "skipped" in loop:
-    lines.append(f"  loop        skipped: {loop['skipped']}")
-  else:
-    lines.append(
-      f"  loop        {loop['examples_per_second']:.0f} examples/s in `run.py train` "
-      f"({loop['steps']} steps over {loop['epochs']} epochs after the first, evaluation "
-      f"excluded): {100 * loop['efficiency']:.0f}% of the bare step's "
-      f"{loop['step_examples_per_second']:.0f} (before and after it)"
+  lines.append(
+    _optional(
+      "loop",
+      loop,
+      "not measured (--no-loop)",
+      lambda r: (
+        f"{r['examples_per_second']:.0f} examples/s in `run.py train` ({r['steps']} steps "
+        f"over {r['epochs']} epochs after the first, evaluation excluded): "
+        f"{100 * r['efficiency']:.0f}% of the bare step's {r['step_examples_per_second']:.0f} "
+        "(before and after it)"
+      ),
     )
+  )
   return "\n".join(lines)
