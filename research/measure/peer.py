@@ -46,6 +46,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from research.measure import subjects
+
 # The model fields the twin reproduces; any other field of `config.model` is refused, so that a
 # field added to the JAX model later cannot be silently left out of the twin.
 MODEL_FIELDS = frozenset(
@@ -419,25 +421,6 @@ def _step_of(module: Any, config: ml_collections.ConfigDict) -> TwinStep:
   )
 
 
-def _setup(config: ml_collections.ConfigDict) -> tuple[Any, Any, dict]:
-  """(plan, initial JAX state, random batch) as `measure.subjects.model_subject` makes them:
-  the batch is NumPy's `standard_normal` images and `integers` labels from `config.seed`."""
-  from research.training import memory
-  from research.training import plan as plan_lib
-  from research.training import state as state_lib
-
-  plan = plan_lib.make_plan(config, static=True)
-  memory.check(plan, config.data.batch_size)
-  state = state_lib.create_train_state(plan.model, plan.tx, config.seed, plan.dataset.shape)
-  rng = np.random.default_rng(config.seed)
-  shape = (config.data.batch_size, *plan.dataset.shape)
-  batch = {
-    "image": rng.standard_normal(shape).astype(np.float32),
-    "label": rng.integers(0, plan.dataset.num_classes, shape[:1]).astype(np.int32),
-  }
-  return plan, state, batch
-
-
 def _torch_batch(batch: dict) -> tuple[Any, Any]:
   torch = _torch().torch
   return torch.from_numpy(batch["image"]), torch.from_numpy(batch["label"].astype(np.int64))
@@ -503,7 +486,7 @@ def numerics_check(config: ml_collections.ConfigDict) -> dict:
   config = copy.deepcopy(config)
   with config.unlocked():
     config.schedule = ml_collections.ConfigDict({"name": "constant"})
-  _, state, batch = _setup(config)
+  _, state, batch, _ = subjects.model_inputs(config)
   module = twin(config, {"params": state.params, "batch_stats": state.batch_stats})
   step = _step_of(module, config)
 
@@ -550,7 +533,7 @@ def twin_pass(config: ml_collections.ConfigDict) -> tuple[Callable[[], None], di
   torch must be installed (`available()`)."""
   check(config)
   torch = _torch().torch
-  _, state, batch = _setup(config)
+  _, state, batch, _ = subjects.model_inputs(config)
   module = twin(config, {"params": state.params, "batch_stats": state.batch_stats})
   step = _step_of(module, config)
   image, label = _torch_batch(batch)

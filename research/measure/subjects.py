@@ -175,25 +175,37 @@ def block_subject(
   )
 
 
-def model_subject(config: ml_collections.ConfigDict) -> Subject:
-  """The config's model (`training.plan.make_plan`) at `config.data.batch_size`, on one random batch
-  of its dataset's shape (no data is read); the train step is `training.state.train_step` itself,
-  unjitted."""
+def model_inputs(config: ml_collections.ConfigDict) -> tuple[Any, Any, dict, np.random.Generator]:
+  """(plan, initial train state, one random batch, the generator past it) for the config's model at
+  `config.data.batch_size`: the batch is NumPy's `standard_normal` images (float32) and `integers`
+  labels (int32) from `config.seed`, of the dataset's shape (no data is read, nothing is
+  prepared). A model too large for memory is refused from its shapes first. The one setup of
+  `model_subject` and of the PyTorch twin (`measure.peer`)."""
   # TFDS and Orbax take 1.5 s to import: only for models.
   from research.training import memory
   from research.training import plan as plan_lib
   from research.training import state as state_lib
 
-  # Random data of the dataset's shape: none is read, nothing is prepared.
   plan = plan_lib.make_plan(config, static=True)
   memory.check(plan, config.data.batch_size)  # Refused from shapes, before anything is allocated.
   state = state_lib.create_train_state(plan.model, plan.tx, config.seed, plan.dataset.shape)
   rng = np.random.default_rng(config.seed)  # NumPy: see `_filled`.
   batch_shape = (config.data.batch_size, *plan.dataset.shape)
   batch = {
-    "image": jnp.asarray(rng.standard_normal(batch_shape), jnp.float32),
-    "label": jnp.asarray(rng.integers(0, plan.dataset.num_classes, batch_shape[:1]), jnp.int32),
+    "image": rng.standard_normal(batch_shape).astype(np.float32),
+    "label": rng.integers(0, plan.dataset.num_classes, batch_shape[:1]).astype(np.int32),
   }
+  return plan, state, batch, rng
+
+
+def model_subject(config: ml_collections.ConfigDict) -> Subject:
+  """The config's model (`training.plan.make_plan`) at `config.data.batch_size`, on one random batch
+  of its dataset's shape (`model_inputs`); the train step is `training.state.train_step` itself,
+  unjitted."""
+  from research.training import state as state_lib
+
+  plan, state, batch, rng = model_inputs(config)
+  batch = {"image": jnp.asarray(batch["image"]), "label": jnp.asarray(batch["label"])}
   found = flops.layers(plan.model, batch["image"], input_grad=False, train=False)
   variables = {
     "params": state.params,

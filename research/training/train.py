@@ -454,8 +454,9 @@ class _Run:
       EpochLog(meta["epoch_losses"], meta["epoch_accuracies"]) if meta else EpochLog()
     )
 
-  def save_and_stop_if_asked(self, stop: StopRequest, record: dict | None = None) -> None:
-    if stop.is_set() and self.saver.saved != self.step:
+  def save_unless_saved(self, record: dict | None = None) -> None:
+    """Saves the current step (at a stop request) unless it is saved already."""
+    if self.saver.saved != self.step:
       self.epoch_log.flush()
       self.saver.save(self.step, self.state, self.epoch_log, record)
 
@@ -583,7 +584,7 @@ def _train_group(
       return
     active = [r for r in group if r.diverged is None]
     for run in active:
-      run.save_and_stop_if_asked(stop, (records or {}).get(run.workdir))
+      run.save_unless_saved((records or {}).get(run.workdir))
     where = ", ".join(checkpoint.directory(r.workdir) for r in active)
     raise Interrupted(
       f"stopped by {stop.signal} at step {step} after saving it in {where}; rerun the same "
