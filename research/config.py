@@ -207,6 +207,11 @@ CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     "one of test_accuracy, test_loss, train_accuracy, train_loss",
   ),
   ("train.best_mode", lambda v: v in ("max", "min"), "'max' or 'min'"),
+  (
+    "train.seeds_together",
+    lambda v: v in ("auto", "unrolled", "vmap"),
+    "'auto', 'unrolled' or 'vmap'",
+  ),
 ]
 
 

@@ -10,7 +10,8 @@ In one process, with the one timing harness (`measure.timing`):
   PyTorch eager (`measure.peer`), its step timed taking turns with the JAX step; `jax_ratio` is
   JAX's examples/s over PyTorch's;
 - `seeds` (with `seeds` > 1): that many seeds' steps in one compiled call, as `run.py train
-  --seeds` runs them (`training.train.parallel_steps`), against one call per seed, taking turns;
+  --seeds` runs them, both ways (`training.state.parallel_steps`, unrolled, and `vmapped_steps`),
+  against one call per seed, taking turns, and which one `train.seeds_together=auto` picks here;
 - `compile`: the step's compilation, cold and warm (from the persistent compilation cache);
 - `peak`: a float32 matmul (`PEAK_SIZE` square), the machine's attainable FLOP/s, so that the step's
   GFLOP/s reads as a share of it;
@@ -19,8 +20,9 @@ In one process, with the one timing harness (`measure.timing`):
   same code as `run.py train`, into a temporary workdir, with the config's data, checkpoint policy
   and progress reporting): its examples/s over the epochs after the first (which compiles), against
   the bare step's. That ratio is the loop's efficiency: what data, metrics, the progress bar and
-  checkpoints cost. It needs the dataset; where it is not prepared and cannot be prepared offline,
-  the loop is skipped and the report says why.
+  checkpoints cost. It is measured `LOOP_ROUNDS` times and the median round reported (the machine's
+  load drifts by more than the loop's cost between two runs). It needs the dataset; where it is
+  not prepared and cannot be prepared offline, the loop is skipped and the report says why.
 """
 
 import logging
@@ -41,7 +43,8 @@ from research.measure.layers import layer_times
 
 PEAK_SIZE = 1024  # The matmul that measures the attainable FLOP/s: [n, n] @ [n, n], float32.
 LOOP_MAX_STEPS = 1000  # A run up to this long is timed whole (its checkpoint policy as it is),
-LOOP_STEPS = 200  # a longer one for at least this many steps after its first epoch.
+LOOP_STEPS = 200  # a longer one for at least this many steps after its first epoch,
+LOOP_ROUNDS = 3  # this many times, each against the bare step timed just before and after it.
 
 
 def bench(
@@ -73,9 +76,13 @@ def bench(
     "peak": (jax.jit(jnp.dot), (a, a)),
   }
   if seeds > 1:  # As `run.py train --seeds` steps them: one call for all, against one call each.
+    from research.training import state as state_lib
+
     states = [args[0]] * seeds
     calls["together"] = (jax.jit(lambda states, b: [step(s, b) for s in states]), (states, args[1]))
     calls["apart"] = (lambda states, b: [step_fn(s, b) for s in states], (states, args[1]))
+    stacked = jax.tree.map(lambda *x: jnp.stack(x), *states)
+    calls["vmap"] = (jax.jit(jax.vmap(step, in_axes=(0, None))), (stacked, args[1]))
   twin = _twin(config)
   if twin is not None and "skipped" not in twin:
     calls["twin"] = (twin.pop("run"), ())
@@ -87,6 +94,9 @@ def bench(
       "together": times["together"].to_dict(),
       "apart": times["apart"].to_dict(),
       "ratio": times["together"].median / times["apart"].median,
+      "vmap": times["vmap"].to_dict(),
+      "vmap_ratio": times["vmap"].median / times["apart"].median,
+      "auto": state_lib.seeds_formulation("auto", jax.devices()[0].platform),
     }
   if "twin" in times:
     twin["seconds"] = times["twin"].to_dict()
@@ -189,9 +199,11 @@ def _eval_pass(config: ml_collections.ConfigDict, state, subject: subjects.Subje
 
 def _loop(config: ml_collections.ConfigDict, step, args, warmup: int, repeats: int) -> dict:
   """The training loop's examples/s over the epochs after the first of a short real run, and its
-  efficiency against the bare step's examples/s: `step(*args)` timed alone just before the run and
-  just after it, the mean of the two, so that load that comes or goes falls on both; or why it was
-  skipped."""
+  efficiency against the bare step's examples/s, in `LOOP_ROUNDS` rounds: the step `step(*args)`
+  is timed alone before the first run, between runs and after the last, and each run is compared
+  with the mean of the step's timings just before and just after it, so that load that comes or
+  goes falls on both. The median round is reported, with every round's figures; or why the loop
+  was skipped."""
   from research.training import plan as plan_lib
   from research.training import train
 
@@ -199,30 +211,43 @@ def _loop(config: ml_collections.ConfigDict, step, args, warmup: int, repeats: i
     plan = plan_lib.make_plan(config)  # Prepares the dataset where that needs no network.
   except DataError as e:
     return {"skipped": str(e)}
-  before = timing.measure(step, *args, warmup=warmup, repeats=repeats)
   config = ml_collections.ConfigDict(config.to_dict())
   if plan.total_steps > LOOP_MAX_STEPS:  # Long runs: a few epochs (the first one compiles).
     config.train.num_epochs = 1 + max(1, math.ceil(LOOP_STEPS / plan.steps_per_epoch))
-  measured = train.LoopTiming()
+  batch = config.data.batch_size
   logger = logging.getLogger("research")
   level = logger.level
-  logger.setLevel(logging.WARNING)  # The run's own progress lines would bury the report.
-  try:
-    with tempfile.TemporaryDirectory(prefix="convlab-bench-") as workdir:
-      train.train_and_evaluate(config, workdir, measured)
-  finally:
-    logger.setLevel(level)
-  after = timing.measure(step, *args, warmup=warmup, repeats=repeats)
-  reference = config.data.batch_size * (1 / before.median + 1 / after.median) / 2
-  timed = measured.epochs[1:]  # The first epoch compiles.
-  steps = sum(n for n, _ in timed)
-  seconds = sum(s for _, s in timed)
-  per_second = steps * config.data.batch_size / seconds
+  rounds = []
+  before = timing.measure(step, *args, warmup=warmup, repeats=repeats)
+  for _ in range(LOOP_ROUNDS):
+    measured = train.LoopTiming()
+    logger.setLevel(logging.WARNING)  # The run's own progress lines would bury the report.
+    try:
+      with tempfile.TemporaryDirectory(prefix="convlab-bench-") as workdir:
+        train.train_and_evaluate(config, workdir, measured)
+    finally:
+      logger.setLevel(level)
+    after = timing.measure(step, *args, warmup=warmup, repeats=repeats)
+    timed = measured.epochs[1:]  # The first epoch compiles.
+    steps = sum(n for n, _ in timed)
+    seconds = sum(s for _, s in timed)
+    reference = batch * (1 / before.median + 1 / after.median) / 2
+    rounds.append(
+      {
+        "seconds": seconds,
+        "examples_per_second": steps * batch / seconds,
+        "step_examples_per_second": reference,
+        "efficiency": steps * batch / seconds / reference,
+      }
+    )
+    before = after
+  middle = sorted(rounds, key=lambda r: r["efficiency"])[(len(rounds) - 1) // 2]
+  efficiencies = [r["efficiency"] for r in rounds]
   return {
     "epochs": len(timed),
     "steps": steps,
-    "seconds": seconds,
-    "examples_per_second": per_second,
-    "step_examples_per_second": reference,
-    "efficiency": per_second / reference,
+    **middle,
+    "efficiency_min": min(efficiencies),
+    "efficiency_max": max(efficiencies),
+    "rounds": rounds,
   }

@@ -168,6 +168,18 @@ COST_SCHEMA = {
     },
   },
 }
+_LOOP_ROUND = {
+  "type": "object",
+  "required": ["seconds", "examples_per_second", "step_examples_per_second", "efficiency"],
+  "properties": {
+    "seconds": {"type": "number", "minimum": 0},
+    "examples_per_second": {"type": "number", "minimum": 0},
+    "step_examples_per_second": {"type": "number", "minimum": 0},
+    "efficiency": {"type": "number", "minimum": 0},
+  },
+  "additionalProperties": False,
+}
+
 BENCH_SCHEMA = {
   "type": "object",
   "required": [
@@ -242,12 +254,15 @@ BENCH_SCHEMA = {
     "seeds": _optional(  # null: not measured (--seeds 1).
       {
         "type": "object",
-        "required": ["seeds", "together", "apart", "ratio"],
+        "required": ["seeds", "together", "apart", "ratio", "vmap", "vmap_ratio", "auto"],
         "properties": {
           "seeds": {"type": "integer", "minimum": 2},
-          "together": _TIMING,
+          "together": _TIMING,  # Unrolled: one step per seed, written out, in one call.
           "apart": _TIMING,
           "ratio": {"type": "number", "minimum": 0},
+          "vmap": _TIMING,  # One step vmapped over the stacked seeds.
+          "vmap_ratio": {"type": "number", "minimum": 0},
+          "auto": {"enum": ["unrolled", "vmap"]},  # What train.seeds_together=auto picks here.
         },
         "additionalProperties": False,
       }
@@ -291,14 +306,20 @@ BENCH_SCHEMA = {
           "examples_per_second",
           "step_examples_per_second",
           "efficiency",
+          "efficiency_min",
+          "efficiency_max",
+          "rounds",
         ],
-        "properties": {
+        "properties": {  # The median round's figures (by efficiency), then every round's.
           "step_examples_per_second": {"type": "number", "minimum": 0},
-          "epochs": {"type": "integer", "minimum": 1},
-          "steps": {"type": "integer", "minimum": 1},
+          "epochs": {"type": "integer", "minimum": 1},  # Timed per round, after the first.
+          "steps": {"type": "integer", "minimum": 1},  # Timed per round.
           "seconds": {"type": "number", "minimum": 0},
           "examples_per_second": {"type": "number", "minimum": 0},
           "efficiency": {"type": "number", "minimum": 0},
+          "efficiency_min": {"type": "number", "minimum": 0},
+          "efficiency_max": {"type": "number", "minimum": 0},
+          "rounds": {"type": "array", "minItems": 1, "items": _LOOP_ROUND},
         },
         "additionalProperties": False,
       },

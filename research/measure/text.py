@@ -126,8 +126,10 @@ def format_bench(result: dict) -> str:
   seeds = result["seeds"]
   if seeds is not None:
     lines.append(
-      f"  seeds       {seeds['seeds']} seeds' steps in one call {_times(seeds['together'])} ms, "
-      f"one call each {_times(seeds['apart'])} ms: {seeds['ratio']:.2f}x the time"
+      f"  seeds       {seeds['seeds']} seeds' steps in one call: unrolled "
+      f"{_times(seeds['together'])} ms ({seeds['ratio']:.2f}x), vmapped {_times(seeds['vmap'])} "
+      f"ms ({seeds['vmap_ratio']:.2f}x) the time of one call each, {_times(seeds['apart'])} ms; "
+      f"train.seeds_together=auto picks {seeds['auto']} here"
     )
   c = result["compile"]
   lines.append(
@@ -147,9 +149,12 @@ def format_bench(result: dict) -> str:
       "not measured (--no-loop)",
       lambda r: (
         f"{r['examples_per_second']:.0f} examples/s in `run.py train` ({r['steps']} steps "
-        f"over {r['epochs']} epochs after the first, evaluation excluded): "
-        f"{100 * r['efficiency']:.0f}% of the bare step's {r['step_examples_per_second']:.0f} "
-        "(before and after it)"
+        f"over {r['epochs']} epoch{'s' if r['epochs'] != 1 else ''} after the first, evaluation "
+        "excluded): "
+        f"{100 * r['efficiency']:.0f}% [{100 * r['efficiency_min']:.0f}-"
+        f"{100 * r['efficiency_max']:.0f}%] of the bare step's "
+        f"{r['step_examples_per_second']:.0f} (timed before and after each of "
+        f"{len(r['rounds'])} runs; the median run)"
       ),
     )
   )

@@ -108,6 +108,46 @@ def indexed_train_step(state: TrainState, data: dict, order: jax.Array) -> tuple
   return train_step(state, {"image": data["image"][idx], "label": data["label"][idx]})
 
 
+def parallel_steps(states: list[TrainState], split: dict, orders: list) -> list:
+  """`indexed_train_step` for several seeds' states, each on its own epoch order, in one compiled
+  call: `[(state, metrics)]` in order.
+
+  The steps are written out one after another (unrolled), not vmapped: vmapping over per-seed
+  weights turns each convolution into a grouped one, which XLA's CPU backend runs 7-21x slower
+  (the issue's measurement), while the unrolled steps cost 0.68-0.85x as many separate ones and
+  give each seed the numbers of its own run, bit for bit (`tests/training/test_seeds.py`). The
+  training loop's formulation on CPU (`seeds_formulation`).
+  """
+  return [indexed_train_step(state, split, order) for state, order in zip(states, orders)]
+
+
+def vmapped_steps(states: list[TrainState], split: dict, orders: list) -> list:
+  """`parallel_steps` as one step vmapped over the seeds' stacked states and orders (the split is
+  shared): the formulation for backends that run batched (grouped) convolutions well. The
+  numbers equal each seed's own run to float tolerance, not bit for bit."""
+  stacked = jax.tree.map(lambda *x: jnp.stack(x), *states)
+  out, step_metrics = jax.vmap(indexed_train_step, in_axes=(0, None, 0))(
+    stacked, split, jnp.stack(orders)
+  )
+  return [
+    (jax.tree.map(lambda x, i=i: x[i], out), jax.tree.map(lambda x, i=i: x[i], step_metrics))
+    for i in range(len(states))
+  ]
+
+
+# How `train.seeds_together=auto` steps several seeds, by backend: measured on CPU (`run.py bench
+# --seeds=N` reports both); elsewhere vmap, untested here (no GPU or TPU was at hand).
+SEEDS_TOGETHER = {"cpu": "unrolled", "gpu": "vmap", "tpu": "vmap"}
+
+
+def seeds_formulation(setting: str, platform: str) -> str:
+  """`unrolled` or `vmap`: `setting` (`config.train.seeds_together`) unless it is `auto`, then
+  `SEEDS_TOGETHER` for the devices' `platform` (unrolled for one it does not list)."""
+  if setting != "auto":
+    return setting
+  return SEEDS_TOGETHER.get(platform, "unrolled")
+
+
 def eval_step(state: TrainState, batch: dict) -> dict:
   """Sums over the real (`mask` = 1) examples of `batch`: `loss`, `correct` and `count`."""
   logits = state.apply_fn(

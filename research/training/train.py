@@ -42,7 +42,13 @@ from research.errors import (
 from research.training import checkpoint, lock, memory, metrics
 from research.training.evaluate import make_evaluator
 from research.training.plan import Plan, make_plan
-from research.training.state import TrainState, all_finite, indexed_train_step
+from research.training.state import (
+  TrainState,
+  all_finite,
+  parallel_steps,
+  seeds_formulation,
+  vmapped_steps,
+)
 
 log = logging.getLogger(__name__)
 
@@ -334,18 +340,6 @@ def train_seeds(
   return {run.config.seed: run.record for run in runs}
 
 
-def parallel_steps(states: list[TrainState], split: dict, orders: list) -> list:
-  """`indexed_train_step` for several seeds' states, each on its own epoch order, in one compiled
-  call: `[(state, metrics)]` in order.
-
-  The steps are written out one after another (unrolled), not vmapped: vmapping over per-seed
-  weights turns each convolution into a grouped one, which XLA's CPU backend runs 7-21x slower
-  (the issue's measurement), while the unrolled steps cost 0.68-0.85x as many separate ones and
-  give each seed the numbers of its own run, bit for bit (`tests/training/test_seeds.py`).
-  """
-  return [indexed_train_step(state, split, order) for state, order in zip(states, orders)]
-
-
 def _resume(
   config: ml_collections.ConfigDict, plan: Plan, workdir: str
 ) -> tuple[TrainState, dict | None]:
@@ -479,7 +473,12 @@ def _train(
     f"examples of shape {plan.dataset.shape}; batch {config.data.batch_size} -> {spe} "
     f"steps per epoch, {config.train.num_epochs} epochs -> {total} steps on {len(plan.devices)} "
     f"{plan.devices[0].platform} device(s)"
-    + (f"; {len(runs)} seeds, their steps in one call." if len(runs) > 1 else ".")
+    + (
+      f"; {len(runs)} seeds, their steps in one call "
+      f"({seeds_formulation(config.train.seeds_together, plan.devices[0].platform)})."
+      if len(runs) > 1
+      else "."
+    )
   )
   have, where = memory.available(plan.devices)
   log.info(
@@ -505,8 +504,10 @@ def _train(
   # The normalized split, once: float32, 4 bytes a pixel (188 MiB for Fashion-MNIST).
   split = {"image": data.normalize(train.images, stats), "label": train.labels}
   on_device = jax.device_put(split, replicated)
+  formulation = seeds_formulation(config.train.seeds_together, plan.devices[0].platform)
   train_fn = jax.jit(
-    parallel_steps,
+    # Looked up here, so that a test may replace either.
+    parallel_steps if formulation == "unrolled" or len(runs) == 1 else vmapped_steps,
     in_shardings=(replicated, replicated, by_batch),
     out_shardings=replicated,
     donate_argnums=0,

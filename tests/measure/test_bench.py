@@ -40,16 +40,23 @@ def test_bench_reports_throughput_from_the_median_step(make_config):
 def test_the_loop_is_a_real_training_run_timed_after_its_first_epoch(make_config, monkeypatch):
   monkeypatch.setattr(bench, "LOOP_STEPS", 60)
   monkeypatch.setattr(bench, "LOOP_MAX_STEPS", 100)
+  monkeypatch.setattr(bench, "LOOP_ROUNDS", 2)
   small = ("data.batch_size=64", "model.widths=(4,)", "model.hidden=8")
   result = bench.bench(make_config(*small), warmup=1, repeats=5, loop=True)
   jsonschema.validate(json.loads(json.dumps(result)), BENCH_SCHEMA)
   loop = result["loop"]
   # 1,437 training digits at batch 64: 22 steps an epoch; 60 steps need 3 epochs after the first.
   assert (loop["epochs"], loop["steps"]) == (3, 3 * 22)
-  assert loop["examples_per_second"] == pytest.approx(64 * loop["steps"] / loop["seconds"])
-  assert loop["efficiency"] == pytest.approx(
-    loop["examples_per_second"] / loop["step_examples_per_second"]
-  )
+  assert len(loop["rounds"]) == 2
+  for r in loop["rounds"]:
+    assert r["examples_per_second"] == pytest.approx(64 * loop["steps"] / r["seconds"])
+    per_second = r["examples_per_second"] / r["step_examples_per_second"]
+    assert r["efficiency"] == pytest.approx(per_second)
+  # The median round (the lower of two) is the one reported, with the range.
+  low = min(loop["rounds"], key=lambda r: r["efficiency"])
+  assert {k: loop[k] for k in low} == low
+  assert loop["efficiency_min"] == low["efficiency"]
+  assert loop["efficiency_max"] == max(r["efficiency"] for r in loop["rounds"])
   # A run of at most LOOP_MAX_STEPS is timed whole: 3 epochs (66 steps), 2 after the first.
   short = bench.bench(make_config(*small, "train.num_epochs=3"), warmup=1, repeats=5, loop=True)
   assert (short["loop"]["epochs"], short["loop"]["steps"]) == (2, 2 * 22)
@@ -122,5 +129,7 @@ def test_seeds_together_are_timed_against_one_call_each(make_config):
   seeds = result["seeds"]
   assert seeds["seeds"] == 3
   assert seeds["ratio"] == pytest.approx(seeds["together"]["median"] / seeds["apart"]["median"])
+  assert seeds["vmap_ratio"] == pytest.approx(seeds["vmap"]["median"] / seeds["apart"]["median"])
+  assert seeds["auto"] == "unrolled"  # On CPU.
   with pytest.raises(UserError, match="--seeds >= 1, got 0"):
     bench.bench(config, seeds=0)

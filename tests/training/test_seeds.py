@@ -1,6 +1,7 @@
 """Seeds trained together (`train.train_seeds`, `run.py train --seeds`): each seed's files equal
 those of a run of its own, bit for bit, through resume, seeds at different steps, a divergence."""
 
+import json
 import os
 import signal
 
@@ -93,6 +94,39 @@ def test_a_seed_that_diverges_stops_and_the_others_finish(
   _same_files(workdirs[0], alone[0])  # Seed 0 finished, as alone.
   with open(os.path.join(workdirs[1], "metrics.jsonl")) as f:
     assert len(f.readlines()) == 1  # Seed 1 stopped in its second epoch.
+
+
+def _metrics(workdir: str) -> list[dict]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_vmapped_seeds_equal_runs_of_their_own_to_float_tolerance(alone, make_config, tmp_path):
+  workdirs = {seed: str(tmp_path / f"seed_{seed}") for seed in (0, 1)}
+  train.train_seeds(make_config(*SMALL, "train.seeds_together=vmap"), workdirs)
+  for seed in (0, 1):
+    got, want = _metrics(workdirs[seed]), _metrics(alone[seed])
+    assert [r["step"] for r in got] == [r["step"] for r in want]
+    for g, w in zip(got, want):
+      for key in ("train_loss", "test_loss", "train_accuracy", "test_accuracy"):
+        assert g[key] == pytest.approx(w[key], rel=1e-4, abs=1e-6), (seed, key)
+  assert _metrics(workdirs[0]) != _metrics(workdirs[1])  # Each seed its own numbers.
+
+
+def test_auto_steps_seeds_unrolled_on_cpu_and_vmapped_on_accelerators():
+  assert state_lib.seeds_formulation("auto", "cpu") == "unrolled"
+  assert state_lib.seeds_formulation("auto", "gpu") == "vmap"
+  assert state_lib.seeds_formulation("auto", "tpu") == "vmap"
+  assert state_lib.seeds_formulation("vmap", "cpu") == "vmap"
+  assert state_lib.seeds_formulation("unrolled", "gpu") == "unrolled"
+
+
+def test_seeds_together_is_checked(make_config):
+  from research.errors import ConfigError
+  from research.training.plan import make_plan
+
+  with pytest.raises(ConfigError, match="train.seeds_together.*'auto', 'unrolled' or 'vmap'"):
+    make_plan(make_config("train.seeds_together=grouped"), static=True)
 
 
 @pytest.mark.parametrize("seeds", ["0,0", "a,b", "-1", ""])

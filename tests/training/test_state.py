@@ -45,8 +45,8 @@ class EvalStepTest(parameterized.TestCase):
 def test_a_run_compiles_its_train_and_eval_steps_once(make_config, tmp_path, monkeypatch):
   """Two epochs, a padded last test batch (360 = 2 x 128 + 104), saves between: one trace of each
   step."""
-  monkeypatch.setattr(
-    train, "indexed_train_step", chex.assert_max_traces(state_lib.indexed_train_step, n=1)
+  monkeypatch.setattr(  # The loop's step, called by `state_lib.parallel_steps`.
+    state_lib, "indexed_train_step", chex.assert_max_traces(state_lib.indexed_train_step, n=1)
   )
   monkeypatch.setattr(evaluate, "eval_step", chex.assert_max_traces(state_lib.eval_step, n=1))
   train.train_and_evaluate(make_config("train.num_epochs=2", "model.widths=(8,)"), str(tmp_path))
