@@ -123,9 +123,17 @@ def _bench(args, overrides):
 
 
 def _ablate(args, overrides):
-  from research.ablate import study, tables
+  from research.ablate import report, study
 
-  print(tables.describe(study.run(_config(args, overrides), args.out), args.out))
+  results, written = study.run(_config(args, overrides), args.out)
+  print(report.describe(results, args.out, written))
+
+
+def _report(args, overrides):
+  from research.ablate import report, study
+
+  results, written = study.rerender(args.workdir)
+  print(report.describe(results, args.workdir, written))
 
 
 def _command(commands, name: str, run, summary: str, description: str, config: str | None = None):
@@ -242,10 +250,20 @@ def parser() -> argparse.ArgumentParser:
     commands, "ablate", _ablate,
     "train variants over seeds; tables and plots of accuracy and cost",
     "Run the ablation tables of an ablation config (each variant over several seeds, "
-    "resumable) and write Markdown tables, plots and JSON.", config="ablations.py",
+    "resumable), with 95% intervals and paired differences, and write results.md, results.csv, "
+    "results.json and plots.", config="ablations.py",
   )  # fmt: skip
   ablate.add_argument(
     "--out", default=os.path.join("workdirs", "ablations"), help="where results and runs go"
+  )
+  report = _command(
+    commands, "report", _report,
+    "render an ablation's tables and plots again from its saved runs, training nothing",
+    "Read an ablation's results.json and its runs (--workdir, the ablation's --out) and write "
+    "results.md, results.csv, results.json and the plots again.",
+  )  # fmt: skip
+  report.add_argument(
+    "--workdir", default=os.path.join("workdirs", "ablations"), help="the ablation's --out folder"
   )
   return p
 

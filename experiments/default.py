@@ -27,6 +27,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.hidden = 256  # Width of the dense head's hidden layer.
   # What every KxK conv is: conv | factorized | bottleneck | separable | pointwise.
   config.model.block = "conv"
+  # Per stage instead (one name per width, the stem in the first stage): e.g. ("conv", "factorized")
+  # factorizes the second stage only. Empty: `block` everywhere.
+  config.model.stage_blocks = ()
+  config.model.reduction = 4  # The bottleneck block's 1x1 reduction: inner width = width // 4.
   config.model.kernel_size = 3
   config.model.padding = "SAME"  # SAME | VALID.
   # sigmoid | tanh | relu | leaky_relu | elu | gelu | silu | identity.
@@ -65,4 +69,8 @@ def get_config() -> ml_collections.ConfigDict:
   # (one step over the stacked seeds; equal to float tolerance) or auto (unrolled on CPU, where
   # vmapped convolutions ran 7-21x slower; vmap on GPU and TPU).
   config.train.seeds_together = "auto"
+  # Each epoch, also log the gradient norm of every layer's parameters (metrics.jsonl and
+  # TensorBoard, `grad_norm/<layer>`) on a fixed probe batch, the first batch_size training
+  # examples.
+  config.train.log_grad_norms = False
   return config

@@ -207,6 +207,7 @@ CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     "one of test_accuracy, test_loss, train_accuracy, train_loss",
   ),
   ("train.best_mode", lambda v: v in ("max", "min"), "'max' or 'min'"),
+  ("train.log_grad_norms", lambda v: isinstance(v, bool), "True or False"),
   (
     "train.seeds_together",
     lambda v: v in ("auto", "unrolled", "vmap"),

@@ -1,25 +1,29 @@
 """Ablations: variants of a base experiment trained over several seeds, beside what each costs.
 
-An ablation config (`experiments/ablations.py`) names a base experiment, the seeds, and tables of
-variants; a variant is a label and config overrides on the base (`model.block=factorized`). For
-every variant and seed the base trains in `<out>/runs/<table>/<variant>/seed_<s>` (a run that
-finished with the same config is read back, not rerun; an interrupted one resumes from its
-checkpoint); then the variants' train steps (`measure.subjects.model_subject`) are timed with the
-one harness, taking turns (`measure.timing.measure_interleaved`). Each table row reports
-  test accuracy   final-epoch mean, sample standard deviation, min and max over the seeds
+An ablation config (`experiments/ablations.py`, `experiments/factorization.py`, ...) names a base
+experiment, the seeds, and tables of variants; a variant is a label and config overrides on the base
+(`model.block=factorized`). For every variant the seeds train together (`train.train_seeds`) in
+`<out>/runs/<table>/<variant>/seed_<s>` (a run that finished with the same config is read back, not
+rerun; an interrupted one resumes from its checkpoint); then the variants' train steps
+(`measure.subjects.model_subject`) are compiled once each (XLA's FLOP count) and timed with the one
+harness, taking turns (`measure.timing.measure_interleaved`). Each table row reports
   params          trainable parameters
-  FLOPs           analytic FLOPs of one train step at the base batch size (measure.flops)
+  FLOPs           analytic FLOPs of one train step at the base batch size (measure.flops), and XLA's
   step time       median seconds of one jitted train step (after warm-up, >= 5 repetitions)
-with the cost ratios to the table's reference variant in adjacent columns. `run` writes
-`<out>/ablations.json`, and per table the Markdown and plot of `ablate.tables`.
-Accuracies are deterministic (same config and seeds, same numbers on CPU); times are not.
+  test accuracy   the final epoch's, mean and 95% Student-t interval over the seeds
+  difference      from the reference variant, paired by seed, with its interval and whether it
+                  excludes 0 (`ablate.stats`)
+with the cost ratios to the table's reference variant. `run` writes `<out>/results.json` and renders
+it (`ablate.report`: `results.md`, `results.csv`, the plots); `report(out)` renders them again from
+the saved runs, training nothing. Accuracies are deterministic (same config and seeds, same numbers
+on CPU); times are not.
 """
 
 import contextlib
-import json
+import datetime
 import logging
 import os
-import re
+import time
 from collections.abc import Iterator
 
 import jax
@@ -27,14 +31,17 @@ import ml_collections
 import tqdm
 
 from research import config as config_lib
-from research.ablate import tables
+from research.ablate import report, stats
 from research.config import is_int
 from research.errors import ConfigError, UserError
 from research.measure import subjects, timing
 from research.measure.cost import ratio
 from research.measure.environment import environment
+from research.measure.xla import xla_cost
 from research.training import metrics, train
 from research.training.plan import make_plan
+
+log = logging.getLogger(__name__)
 
 # experiments/ beside research/: ablation files name their base experiment relative to it.
 EXPERIMENTS = os.path.join(
@@ -44,9 +51,9 @@ EXPERIMENTS = os.path.join(
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-  """Silences the training runs' progress (the `research` loggers below warnings)
-  inside the `with`."""
-  logger = logging.getLogger("research")
+  """Silences the training runs' progress (the `research.training` loggers below warnings)
+  inside the `with`; the ablation's own lines go on."""
+  logger = logging.getLogger("research.training")
   level = logger.level
   logger.setLevel(logging.WARNING)
   try:
@@ -55,16 +62,12 @@ def _quiet() -> Iterator[None]:
     logger.setLevel(level)
 
 
-def _slug(label: str) -> str:
-  return re.sub(r"[^A-Za-z0-9.+-]+", "_", label).strip("_")
-
-
 def variant_config(
-  ablation: ml_collections.ConfigDict, variant: dict, seed: int
+  ablation: ml_collections.ConfigDict, table: ml_collections.ConfigDict, variant: dict, seed: int
 ) -> ml_collections.ConfigDict:
-  """The base experiment with the ablation's overrides,
-  the variant's overrides and `seed=<seed>`."""
-  path = os.path.join(EXPERIMENTS, ablation.base)
+  """The base experiment (the table's `base` where it names one, else the ablation's) with the
+  ablation's overrides, the variant's overrides and `seed=<seed>`."""
+  path = os.path.join(EXPERIMENTS, table.get("base", ablation.base))
   config = config_lib.load_config(path)
   config_lib.apply_overrides(config, [*ablation.overrides, *variant["overrides"], f"seed={seed}"])
   return config
@@ -98,19 +101,25 @@ def _tables(config: ml_collections.ConfigDict) -> list[tuple[str, ml_collections
   return found
 
 
-def check(config: ml_collections.ConfigDict) -> None:
-  """Builds every run's config and model before anything trains: a bad variant fails first,
-  naming itself."""
+def check(config: ml_collections.ConfigDict) -> int:
+  """Builds every run's config and model before anything trains (from the datasets' static
+  metadata: nothing is prepared or read): a bad variant fails first, naming itself. Returns the
+  training steps of all runs together."""
+  total = 0
   for name, table in _tables(config):
     for variant in table.variants:
       try:
-        make_plan(variant_config(config.ablation, variant, config.ablation.seeds[0]))
+        plan = make_plan(
+          variant_config(config.ablation, table, variant, config.ablation.seeds[0]), static=True
+        )
       except UserError as e:
         raise UserError(f"ablation table {name!r}, variant {variant['label']!r}: {e}") from None
+      total += plan.total_steps * len(config.ablation.seeds)
+  return total
 
 
-def _finished(run_config: ml_collections.ConfigDict, workdir: str) -> dict | None:
-  """The last record of a run in `workdir` that finished with exactly this config, else None."""
+def _finished(run_config: ml_collections.ConfigDict, workdir: str) -> list[dict] | None:
+  """The records of a run in `workdir` that finished with exactly this config, else None."""
   try:
     with open(os.path.join(workdir, "config.json")) as f:
       same = f.read() == config_lib.to_json(run_config)
@@ -118,53 +127,80 @@ def _finished(run_config: ml_collections.ConfigDict, workdir: str) -> dict | Non
     return None
   records = metrics.read(workdir)
   if same and records and records[-1]["epoch"] == run_config.train.num_epochs:
-    return records[-1]
+    return records
   return None
 
 
+class _Progress:
+  """One progress bar over every run of the ablation, in training steps (all seeds), with the time
+  left; where the output is not a terminal, a plain line every `train.PROGRESS_SECONDS` instead."""
+
+  def __init__(self, total: int):
+    self.bar = tqdm.tqdm(
+      total=total, desc="ablation", unit="step", disable=None, dynamic_ncols=True
+    )
+    self.log = (
+      train.ProgressLog(0, total, time.perf_counter(), log, "ablation: ")
+      if self.bar.disable
+      else None
+    )
+
+  def advance(self, steps: int) -> None:
+    self.bar.update(steps)
+    if self.log is not None:
+      self.log.add(steps)
+
+  def close(self) -> None:
+    self.bar.close()
+
+
 def run_table(
-  config: ml_collections.ConfigDict,
-  name: str,
-  table: ml_collections.ConfigDict,
-  out: str,
-  bar: tqdm.tqdm,
-) -> dict:
-  """Trains every variant of one table over the seeds, then times their train steps taking turns
-  (`timing.measure_interleaved`, so load on a shared machine falls on all alike);
-  returns the rows."""
-  rows, calls = [], {}
+  config: ml_collections.ConfigDict, name: str, table: ml_collections.ConfigDict, out: str,
+  progress: _Progress,
+) -> tuple[dict, int]:  # fmt: skip
+  """Trains every variant of one table over the seeds (those not finished yet), then compiles and
+  times their train steps taking turns (`timing.measure_interleaved`, so load on a shared machine
+  falls on all alike); returns (the table, summarized, and how many runs it trained)."""
+  seeds = list(config.ablation.seeds)
+  rows, calls, per_seed, trained = [], {}, {}, 0
   for variant in table.variants:
-    records, todo = {}, {}
-    for seed in config.ablation.seeds:
-      workdir = os.path.join(out, "runs", name, _slug(variant["label"]), f"seed_{seed}")
-      records[seed] = _finished(variant_config(config.ablation, variant, seed), workdir)
-      if records[seed] is None:
+    label = variant["label"]
+    runs, todo = {}, {}
+    for seed in seeds:
+      workdir = report.run_dir(out, name, label, seed)
+      run_config = variant_config(config.ablation, table, variant, seed)
+      records = _finished(run_config, workdir)
+      if records is None:
         todo[seed] = workdir
       else:
-        bar.update()
+        runs[seed] = {"records": records}
+        progress.advance(make_plan(run_config, static=True).total_steps)
     if todo:  # The seeds not yet done train together (`train.train_seeds`).
-      bar.set_postfix_str(f"{name}: {variant['label']}, seeds {', '.join(map(str, todo))}")
+      progress.bar.set_postfix_str(f"{name}: {label}, seeds {', '.join(map(str, todo))}")
+      log.info(f"ablation: training {name}: {label}, seeds {', '.join(map(str, todo))}")
       with _quiet():
-        records.update(
-          train.train_seeds(variant_config(config.ablation, variant, next(iter(todo))), todo)
-        )
-      bar.update(len(todo))
-    accuracies = [records[seed]["test_accuracy"] for seed in config.ablation.seeds]
-    subject = subjects.model_subject(
-      variant_config(config.ablation, variant, config.ablation.seeds[0])
-    )
+        train.train_seeds(
+          variant_config(config.ablation, table, variant, next(iter(todo))), todo,
+          advance=progress.advance,
+        )  # fmt: skip
+      trained += len(todo)
+      for seed, workdir in todo.items():
+        runs[seed] = {"records": metrics.read(workdir)}
+    per_seed[label] = runs
+    subject = subjects.model_subject(variant_config(config.ablation, table, variant, seeds[0]))
     step, args = subject.passes["train_step"]
-    calls[variant["label"]] = (jax.jit(step), args)
+    compiled = jax.jit(step).lower(*args).compile()
+    calls[label] = (compiled, args)
     rows.append(
       {
-        "label": variant["label"],
+        "label": label,
         "overrides": list(variant["overrides"]),
-        "test_accuracy": tables.summary(accuracies),
         "params": subject.totals.params,
         "train_step_flops": subject.totals.train_step_flops,
+        "xla_flops": xla_cost(compiled)["flops"],
       }
     )
-  bar.set_postfix_str(f"{name}: timing the train steps")
+  progress.bar.set_postfix_str(f"{name}: timing the train steps")
   seconds = timing.measure_interleaved(
     calls, warmup=config.ablation.warmup, repeats=config.ablation.repeats
   )
@@ -175,37 +211,52 @@ def run_table(
     row["ratio"] = {
       "params": ratio(row["params"], reference["params"]),
       "train_step_flops": ratio(row["train_step_flops"], reference["train_step_flops"]),
+      "xla_flops": None
+      if row["xla_flops"] is None or not reference["xla_flops"]
+      else ratio(row["xla_flops"], reference["xla_flops"]),
       "step_seconds": ratio(row["step_seconds"]["median"], reference["step_seconds"]["median"]),
     }
-  return {"name": name, "title": table.title, "reference": table.reference, "rows": rows}
+  result = {"name": name, "title": table.title, "reference": table.reference, "rows": rows}
+  report.summarize(result, seeds, per_seed)
+  return result, trained
 
 
-def run(config: ml_collections.ConfigDict, out: str) -> dict:
-  """Runs every table of `config.ablation`; writes JSON, Markdown and PNG into `out`;
-  returns the report."""
-  check(config)
+def run(config: ml_collections.ConfigDict, out: str) -> tuple[dict, list[str]]:
+  """Runs every table of `config.ablation`; writes `results.json` and its renderings into `out`
+  (`ablate.report`); returns (the results, the files written)."""
+  started = time.perf_counter()
+  totals = check(config)
   try:
     os.makedirs(out, exist_ok=True)
   except OSError as e:
     raise UserError(f"cannot create the ablation output folder {out!r}: {e.strerror}") from None
   chosen = _tables(config)
-  seeds = config.ablation.seeds
-  total = sum(len(t.variants) for _, t in chosen) * len(seeds)
-  report = {
-    "schema": "convlab.ablation/1",
+  results = {
+    "schema": "convlab.ablation/2",
     "environment": environment(),
+    "date": datetime.date.today().isoformat(),
     "base": config.ablation.base,
     "overrides": list(config.ablation.overrides),
-    "seeds": list(seeds),
+    "seeds": list(config.ablation.seeds),
+    "level": stats.LEVEL,
     "tables": [],
   }
-  with tqdm.tqdm(total=total, desc="ablation runs", unit="run", dynamic_ncols=True) as bar:
+  trained = 0
+  progress = _Progress(totals)
+  try:
     for name, table in chosen:
-      result = run_table(config, name, table, out, bar)
-      report["tables"].append(result)
-      with open(os.path.join(out, f"{name}.md"), "w") as f:
-        f.write(tables.markdown(result, len(seeds)))
-      tables.plot(result, os.path.join(out, f"{name}.png"))
-  with open(os.path.join(out, "ablations.json"), "w") as f:
-    json.dump(report, f, indent=1)
-  return report
+      result, n = run_table(config, name, table, out, progress)
+      results["tables"].append(result)
+      trained += n
+  finally:
+    progress.close()
+  results["trained_runs"] = trained
+  results["wall_seconds"] = time.perf_counter() - started
+  return results, report.render(results, out)
+
+
+def rerender(out: str) -> tuple[dict, list[str]]:
+  """`run.py report`: the results in `out` summarized again from its saved runs and rendered
+  again, training and timing nothing; returns (the results, the files written)."""
+  results = report.refresh(report.load(out), out)
+  return results, report.render(results, out)

@@ -12,10 +12,10 @@ Conventions (B = batch, out = output pixels per example, K = kernel taps, G = gr
   forward FLOPs  = 2 * MACs + bias adds                   (one add per output element with a bias)
   backward FLOPs = 2 * MACs (weight gradient) + 2 * MACs (input gradient)
                    + bias adds (bias gradient)
-                 so forward + backward = 3x forward. A layer reading the module's input directly
-                 needs no input gradient when the input is data (`input_grad=False`: models):
-                 2x forward. (One reading a parameter-free function of it, e.g. a pooled branch,
-                 is still given one.)
+                 so forward + backward = 6 * MACs + 2 * bias adds (3x the forward's MACs). A
+                 layer reading the module's input directly needs no input gradient when the input
+                 is data (`input_grad=False`: models): 4 * MACs + 2 * bias adds. (One reading
+                 a parameter-free function of it, e.g. a pooled branch, is still given one.)
   train step     = forward + backward + optimizer FLOPs per parameter (`OPTIMIZER_FLOPS`)
                    x parameters.
 Not counted: activations, BatchNorm, pooling, residual adds and the loss. Each costs O(1) FLOPs per

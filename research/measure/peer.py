@@ -63,6 +63,8 @@ MODEL_FIELDS = frozenset(
     "norm",
     "head",
     "lowering",  # How XLA computes a convolution: the same numbers, nothing for the twin to do.
+    "reduction",  # The bottleneck's only, a block the twin does not have.
+    "stage_blocks",  # Empty only (checked below): `block` everywhere.
   }
 )
 BLOCKS = ("conv", "factorized")
@@ -168,6 +170,8 @@ def check(config: ml_collections.ConfigDict) -> None:
   extra = sorted(set(model.keys()) - MODEL_FIELDS)
   if extra:
     raise Unsupported(f"model.{extra[0]}", "the torch twin does not reproduce this field")
+  if model.get("stage_blocks"):
+    raise Unsupported("model.stage_blocks", "the torch twin has one block for every stage")
   if model.get("block", "conv") not in BLOCKS:
     raise Unsupported("model.block", f"the torch twin has blocks {BLOCKS}, not {model.block!r}")
   if model.get("head", "dense") != "dense":

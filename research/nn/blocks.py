@@ -34,7 +34,17 @@ IntOrSeq = int | Sequence[int]
 # `kernel_size`, `padding` and `dilation`; a GAP head ignores `hidden` and `activation`. Any other
 # field a block does not have is an error (a misspelt field must not be silently dropped).
 SHARED_FIELDS = frozenset(
-  {"kernel_size", "strides", "padding", "dilation", "activation", "norm", "hidden", "lowering"}
+  {
+    "kernel_size",
+    "strides",
+    "padding",
+    "dilation",
+    "activation",
+    "norm",
+    "hidden",
+    "lowering",
+    "reduction",
+  }  # fmt: skip
 )
 
 

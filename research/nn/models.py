@@ -49,20 +49,31 @@ class BlockFields(nn.Module):
   head: str = "dense"
   hidden: int = 256
   lowering: str = "native"  # How every convolution is computed (`nn.conv.LOWERING_NAMES`).
+  # The block of each stage (one name per width; the stem counts as the first stage), where it
+  # differs by stage; empty: `block` everywhere.
+  stage_blocks: Sequence[str] = ()
+  reduction: int = 4  # The bottleneck block's 1x1 reduction: its inner width is width // reduction.
 
   def act(self):
     return activations.get(self.activation, negative_slope=self.negative_slope)
 
-  def spatial(self) -> Callable[..., nn.Module]:
-    """Makes the model's KxK block: `spatial()(features, strides=1, activation=model's)`."""
+  def spatial(self, stage: int = 0) -> Callable[..., nn.Module]:
+    """Makes the KxK block of stage `stage`: `spatial(stage)(features, strides=1,
+    activation=model's)`, a `stage_blocks` entry where they are given, else `block`."""
+    if self.stage_blocks and len(self.stage_blocks) != len(self.widths):
+      raise shapes.ShapeError(
+        "stage_blocks",
+        f"stage_blocks {tuple(self.stage_blocks)} needs one block per width {tuple(self.widths)}",
+      )
     return functools.partial(
       make_block,
-      self.block,
+      self.stage_blocks[stage] if self.stage_blocks else self.block,
       kernel_size=self.kernel_size,
       padding=self.padding,
       activation=self.act(),
       norm=self.norm,
       lowering=self.lowering,
+      reduction=self.reduction,
     )
 
   def classify(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -101,9 +112,26 @@ class CNN(BlockFields):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    for width in self.widths:
-      x = self.spatial()(width)(x, train)
+    for stage, width in enumerate(self.widths):
+      x = self.spatial(stage)(width)(x, train)
       x = _pool(x, "avg", 2, 2)
+    return self.classify(x)
+
+
+class Plain(BlockFields):
+  """A plain deep stack, no residual connections: one KxK block per width, a 2x2 average pool after
+  every `pool_every` blocks (not after the last), then the head. With no normalization (the
+  default), the activations ablation's model: gradients must pass through every activation."""
+
+  widths: Sequence[int] = (16,) * 8
+  pool_every: int = 2
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    for stage, width in enumerate(self.widths):
+      x = self.spatial(stage)(width)(x, train)
+      if (stage + 1) % self.pool_every == 0 and stage + 1 < len(self.widths):
+        x = _pool(x, "avg", 2, 2)
     return self.classify(x)
 
 
@@ -145,11 +173,11 @@ class ResNet(BlockFields):
         "stage_sizes",
         f"stage_sizes {tuple(self.stage_sizes)} needs one entry per width {tuple(self.widths)}",
       )
-    x = self.spatial()(self.widths[0])(x, train)
+    x = self.spatial(0)(self.widths[0])(x, train)
     for i, (width, size) in enumerate(zip(self.widths, self.stage_sizes)):
       for j in range(size):
         x = ResidualBlock(
-          self.spatial(), self.act(), self.norm, width, 2 if i > 0 and j == 0 else 1
+          self.spatial(i), self.act(), self.norm, width, 2 if i > 0 and j == 0 else 1
         )(x, train)
     return self.classify(x)
 
@@ -191,15 +219,20 @@ class Inception(BlockFields):
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    x = self.spatial()(self.stem_width)(x, train)
+    x = self.spatial(0)(self.stem_width)(x, train)
     for i, width in enumerate(self.widths):
       if i:
         x = _pool(x, "max", 2, 2)
-      x = InceptionModule(self.spatial(), self.act(), self.norm, width)(x, train)
+      x = InceptionModule(self.spatial(i), self.act(), self.norm, width)(x, train)
     return self.classify(x)
 
 
-MODELS: dict[str, type[nn.Module]] = {"cnn": CNN, "resnet": ResNet, "inception": Inception}
+MODELS: dict[str, type[nn.Module]] = {
+  "cnn": CNN,
+  "plain": Plain,
+  "resnet": ResNet,
+  "inception": Inception,
+}
 
 
 def _check_values(name: str, kwargs: dict) -> None:
@@ -208,6 +241,10 @@ def _check_values(name: str, kwargs: dict) -> None:
     if key in NAMED_FIELDS:
       registry, kind = NAMED_FIELDS[key]
       lookup(registry, value, f"model.{key}", kind)
+    if key == "stage_blocks":
+      for block in value:
+        lookup(BLOCKS, block, "model.stage_blocks", "block")
+      continue
     values = value if isinstance(value, (tuple, list)) else (value,)
     if values and all(is_int(v) for v in values) and min(values) < 1:
       raise ConfigError(f"model.{key}", f"must be positive, got {value!r}")

@@ -148,6 +148,50 @@ def seeds_formulation(setting: str, platform: str) -> str:
   return SEEDS_TOGETHER.get(platform, "unrolled")
 
 
+def layer_paths(model: nn.Module, variables: dict, image_shape) -> list[tuple[str, ...]]:
+  """The paths (in `variables["params"]`) of the model's layers that hold parameters directly (each
+  convolution, dense layer and BatchNorm), in the order the forward pass calls them: input to
+  output. Traced on shapes only (`jax.eval_shape`); `image_shape` is `[batch, *spatial, c]`."""
+  called = []
+
+  def record(next_fun, args, kwargs, context):
+    path = tuple(context.module.scope.path)
+    if context.method_name == "__call__" and path not in called:
+      called.append(path)
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    jax.eval_shape(
+      lambda v: model.apply(v, jnp.zeros(image_shape), train=True, mutable=["batch_stats"]),
+      variables,
+    )
+
+  def owns_params(path):
+    node = variables["params"]
+    for key in path:
+      if not isinstance(node, dict) or key not in node:
+        return False
+      node = node[key]
+    return isinstance(node, dict) and any(not isinstance(v, dict) for v in node.values())
+
+  return [path for path in called if path and owns_params(path)]
+
+
+def grad_norms(state: TrainState, batch: dict, paths: list[tuple[str, ...]]) -> dict:
+  """`{"a/b": norm}`: the L2 norm of the loss gradient with respect to each layer's parameters
+  (`layer_paths`), on `batch` in training mode, the state unchanged; keyed by the layer's path
+  joined with `/`."""
+  grads = jax.grad(lambda p: loss_fn(p, state, batch, state.rng)[0])(state.params)
+  norms = {}
+  for path in paths:
+    node = grads
+    for key in path:
+      node = node[key]
+    leaves = [v for v in node.values() if not isinstance(v, dict)]
+    norms["/".join(path)] = jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in leaves))
+  return norms
+
+
 def eval_step(state: TrainState, batch: dict) -> dict:
   """Sums over the real (`mask` = 1) examples of `batch`: `loss`, `correct` and `count`."""
   logits = state.apply_fn(

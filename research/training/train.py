@@ -23,7 +23,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import ml_collections
@@ -45,6 +45,8 @@ from research.training.plan import Plan, make_plan
 from research.training.state import (
   TrainState,
   all_finite,
+  grad_norms,
+  layer_paths,
   parallel_steps,
   seeds_formulation,
   vmapped_steps,
@@ -302,7 +304,10 @@ def train_and_evaluate(
 
 
 def train_seeds(
-  config: ml_collections.ConfigDict, workdirs: dict[int, str], timing: LoopTiming | None = None
+  config: ml_collections.ConfigDict,
+  workdirs: dict[int, str],
+  timing: LoopTiming | None = None,
+  advance: Callable[[int], None] | None = None,
 ) -> dict[int, dict]:
   """`train_and_evaluate` for several seeds of one config at once: seed `s` (`config.seed` set to
   it) trains into `workdirs[s]`, exactly as a run of its own would (its checkpoints, metrics and
@@ -312,6 +317,9 @@ def train_seeds(
   Seeds whose checkpoints stand at different steps train in groups, one group after another. A seed
   that diverges stops (nothing saved after its last good step) and the others go on; the run then
   ends with `TrainingDiverged` naming it.
+
+  With `advance`, the caller shows the progress: it is called with the number of steps done (all
+  seeds together) after each call of the steps, and the run draws no progress bar of its own.
   """
   # Everything that can be wrong with the config is found before anything is written.
   # The memory a step needs, from the shapes in the dataset's metadata: a model that cannot fit is
@@ -328,7 +336,7 @@ def train_seeds(
       seeded.seed = seed
       runs.append(_Run(seeded, workdir, f"seed {seed}: " if several else ""))
     stop = held.enter_context(_stop_signals())
-    _train(plan, need, runs, stop, timing)
+    _train(plan, need, runs, stop, timing, advance)
   diverged = [run for run in runs if run.diverged is not None]
   if diverged:
     if not several:
@@ -386,13 +394,17 @@ def _resume(
   return state, meta
 
 
-class _Progress:
-  """Progress lines for a log: steps done (all seeds together), share done, steps/s and time left,
-  every PROGRESS_SECONDS."""
+class ProgressLog:
+  """Progress lines for a log (where no progress bar is drawn): steps done (all seeds together),
+  share done, steps/s and time left, every PROGRESS_SECONDS, to `logger` (this module's by
+  default), each line starting with `prefix`."""
 
-  def __init__(self, start: int, total: int, now: float):
+  def __init__(
+    self, start: int, total: int, now: float, logger: logging.Logger = log, prefix: str = ""
+  ):
     self.start, self.total, self.started, self.last = start, total, now, now
     self.done = start
+    self.logger, self.prefix = logger, prefix
 
   def add(self, steps: int) -> None:
     self.done += steps
@@ -403,9 +415,9 @@ class _Progress:
     self.last = now
     rate = (step - self.start) / (now - self.started)
     left = (self.total - step) / rate if rate else float("inf")
-    log.info(
-      f"step {step}/{self.total} ({100 * step / self.total:.0f}%), {rate:.1f} steps/s, "
-      f"about {left / 60:.1f} min left"
+    self.logger.info(
+      f"{self.prefix}step {step}/{self.total} ({100 * step / self.total:.0f}%), {rate:.1f} "
+      f"steps/s, about {left / 60:.1f} min left"
     )
 
 
@@ -465,6 +477,7 @@ def _train(
   runs: list[_Run],
   stop: StopRequest,
   timing: LoopTiming | None = None,
+  advance: Callable[[int], None] | None = None,
 ) -> None:
   config = runs[0].config  # The seeds' configs differ in the seed only.
   spe, total = plan.steps_per_epoch, plan.total_steps
@@ -513,6 +526,8 @@ def _train(
     donate_argnums=0,
   )
   evaluate = make_evaluator(plan, test, stats, config.data.eval_batch_size)
+  if config.train.log_grad_norms:
+    evaluate = _with_grad_norms(evaluate, plan, runs[0].state, on_device, config.data.batch_size)
 
   # ---------------------------------------------------------------------------------------------
   # The epoch loop, for each group of seeds that stand at the same step: from the checkpoint's
@@ -522,17 +537,24 @@ def _train(
     total=total * len(runs),
     initial=sum(run.step for run in runs),
     unit="step",
-    disable=None,
+    disable=True if advance is not None else None,
     dynamic_ncols=True,
   )
   loop_started = time.perf_counter()
   done = sum(run.step for run in runs)
-  progress = _Progress(done, total * len(runs), loop_started) if bar.disable else None
+  if advance is None:
+    progress = ProgressLog(done, total * len(runs), loop_started) if bar.disable else None
+
+    def advance(n: int) -> None:
+      bar.update(n)
+      if progress is not None:
+        progress.add(n)
+
   try:
     for start in starts:
       group = [run for run in runs if run.step == start]
-      _train_group(plan, group, start, on_device, train_fn, evaluate, by_batch, stop, bar,
-                   progress, len(train), timing)  # fmt: skip
+      _train_group(plan, group, start, on_device, train_fn, evaluate, by_batch, stop, advance,
+                   len(train), timing)  # fmt: skip
   finally:
     bar.close()
     for run in runs:
@@ -557,6 +579,25 @@ def _train(
       )
 
 
+def _with_grad_norms(evaluate, plan: Plan, state: TrainState, on_device: dict, batch_size: int):
+  """`evaluate` that also gives `grad_norm/<layer>`: the norm of the loss gradient with respect to
+  each layer's parameters (`state.grad_norms`, input to output), on a fixed probe batch, the first
+  `batch_size` examples of the (normalized) training split."""
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  paths = tuple(layer_paths(plan.model, variables, (batch_size, *plan.dataset.shape)))
+  probe = {"image": on_device["image"][:batch_size], "label": on_device["label"][:batch_size]}
+  norms_fn = jax.jit(grad_norms, static_argnums=2)
+
+  def evaluate_with_norms(state: TrainState) -> dict:
+    norms = jax.device_get(norms_fn(state, probe, paths))
+    return {
+      **evaluate(state),
+      **{f"grad_norm/{'/'.join(p)}": float(norms["/".join(p)]) for p in paths},
+    }
+
+  return evaluate_with_norms
+
+
 def _train_group(
   plan: Plan,
   group: list[_Run],
@@ -566,8 +607,7 @@ def _train_group(
   evaluate,
   by_batch,
   stop: StopRequest,
-  bar: tqdm.tqdm,
-  progress: "_Progress | None",
+  advance: Callable[[int], None],
   num_train: int,
   timing: LoopTiming | None,
 ) -> None:
@@ -615,9 +655,7 @@ def _train_group(
           run.epoch_log.add(step, step_metrics)
         except NonFinite as e:
           diverge(run, e)
-      bar.update(len(active))
-      if progress is not None:
-        progress.add(len(active))
+      advance(len(active))
       active = [r for r in active if r.diverged is None]
       for run in active:
         run.saver.check(step)  # A save that failed in the background stops the run here.

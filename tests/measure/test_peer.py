@@ -169,6 +169,7 @@ def test_twin_step_takes_optaxs_sgd_and_adam_arguments_and_refuses_others():
     ("model.name=resnet", "model.name"),
     ("model.block=separable", "model.block"),
     ("model.head=gap", "model.head"),
+    ("model.stage_blocks=('conv','factorized')", "model.stage_blocks"),
   ],
 )
 def test_an_unsupported_config_is_a_value_error_naming_its_key(override, key):

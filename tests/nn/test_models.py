@@ -48,6 +48,57 @@ def test_block_swap_changes_every_kxk_conv():
   assert n_params(build(name="cnn", block="separable")) == separable + head
 
 
+def test_stage_blocks_choose_the_block_of_each_stage():
+  # As above: stage 0 is the 1->32 convolution, stage 1 the 32->64 one.
+  head = (2 * 2 * 64 * 256 + 256) + (256 * 10 + 10)
+  full = [9 * 1 * 32 + 32, 9 * 32 * 64 + 64]
+  factorized = [3 * 1 * 1 + 1 + 3 * 1 * 32 + 32, 3 * 32 * 32 + 32 + 3 * 32 * 64 + 64]
+  assert n_params(build(name="cnn", stage_blocks=("conv", "factorized"))) == (
+    full[0] + factorized[1] + head
+  )
+  assert n_params(build(name="cnn", stage_blocks=("factorized", "conv"))) == (
+    factorized[0] + full[1] + head
+  )
+  # `block` is ignored where stage_blocks are given; all-"conv" stages are the plain model.
+  assert n_params(build(name="cnn", block="factorized", stage_blocks=("conv", "conv"))) == (
+    sum(full) + head
+  )
+
+
+def test_model_reduction_sets_the_bottleneck_width():
+  # cnn widths (32, 64) on 8x8x1 with 1x1 -> 3x3 -> 1x1 bottlenecks to width // 2: 16, then 32.
+  head = (2 * 2 * 64 * 256 + 256) + (256 * 10 + 10)
+  first = (1 * 16 + 16) + (9 * 16 * 16 + 16) + (16 * 32 + 32)
+  second = (32 * 32 + 32) + (9 * 32 * 32 + 32) + (32 * 64 + 64)
+  assert n_params(build(name="cnn", block="bottleneck", reduction=2)) == first + second + head
+  # Other blocks have no reduction: it changes nothing there.
+  assert n_params(build(name="cnn", block="conv", reduction=2)) == n_params(build(name="cnn"))
+
+
+def test_the_plain_stack_pools_after_every_pool_every_blocks():
+  # 8 convs of width 4 on 16x16x1, a 2x2 pool after convs 2, 4 and 6: 16 -> 8 -> 4 -> 2; the dense
+  # head sees 2x2x4.
+  model = build((16, 16, 1), name="plain", widths=(4,) * 8, pool_every=2, hidden=8)
+  convs = (9 * 1 * 4 + 4) + 7 * (9 * 4 * 4 + 4)
+  head = (2 * 2 * 4 * 8 + 8) + (8 * 10 + 10)
+  assert n_params(model, (16, 16, 1)) == convs + head
+  # Pooling every 3: after convs 3 and 6 only, 16 -> 8 -> 4.
+  model = build((16, 16, 1), name="plain", widths=(4,) * 8, pool_every=3, hidden=8)
+  assert n_params(model, (16, 16, 1)) == convs + (4 * 4 * 4 * 8 + 8) + (8 * 10 + 10)
+
+
+def test_resnet_stage_blocks_put_the_stem_in_the_first_stage():
+  """ResNet widths (16, 32) at 8x8: the stem and stage 0's two residual blocks (4 KxK) in one
+  block, stage 1's two residual blocks (4 KxK) in the other: kernels by hand."""
+  model = build(name="resnet", widths=(16, 32), stage_sizes=(2, 2), head="gap", norm=True,
+                stage_blocks=("conv", "factorized"))  # fmt: skip
+  v = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1))))
+  kernels = [
+    p.shape[:2] for p in jax.tree.leaves(v["params"]) if p.ndim == 4 and p.shape[:2] != (1, 1)
+  ]
+  assert collections.Counter(kernels) == {(3, 3): 1 + 4, (3, 1): 4, (1, 3): 4}
+
+
 @pytest.mark.parametrize("name", ["cnn", "resnet", "inception"])
 @pytest.mark.parametrize("block", BLOCK_NAMES)
 def test_every_model_and_block_gives_logits(name, block):
@@ -144,6 +195,8 @@ def test_inception_module_concatenates_four_quarter_width_branches():
     ({"name": "resnet", "stage_sizes": (1,)}, "model.stage_sizes", "one entry per width"),
     ({"name": "inception", "widths": (12,)}, "model.widths", "multiple of 8"),
     ({"name": "cnn", "padding": "FULL"}, "model.padding", "padding"),
+    ({"name": "cnn", "stage_blocks": ("conv",)}, "model.stage_blocks", "one block per width"),
+    ({"name": "cnn", "stage_blocks": ("conv", "3x3")}, "model.stage_blocks", "unknown block"),
   ],
 )
 def test_impossible_model_is_a_config_error_naming_the_field(fields, key, words):

@@ -5,6 +5,7 @@ import jax
 import ml_collections
 import numpy as np
 import optax
+import pytest
 from absl.testing import parameterized
 
 from research.nn import models
@@ -79,3 +80,25 @@ def test_the_loop_step_gathers_on_the_device_exactly_the_host_batches(make_confi
     chex.assert_trees_all_equal((state.params, m), (reference.params, r))
     if i == 6:
       break
+
+
+def test_layer_paths_follow_the_forward_pass_and_grad_norms_are_each_layers():
+  """A plain stack of 11 blocks: the layers in call order (ConvBlock_10 last, not after
+  ConvBlock_1 as names sort), and each norm that of the layer's own gradient, by NumPy."""
+  model = models.build_model(
+    ml_collections.ConfigDict({"name": "plain", "widths": (2,) * 11, "pool_every": 20,
+                               "hidden": 4}), 10, (4, 4, 1))  # fmt: skip
+  state = state_lib.create_train_state(model, optax.sgd(0.1), 0, (4, 4, 1))
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  paths = state_lib.layer_paths(model, variables, (3, 4, 4, 1))
+  want = [(f"ConvBlock_{i}", "Conv_0") for i in range(11)]
+  assert paths == want + [("DenseHead_0", "Dense_0"), ("DenseHead_0", "Dense_1")]
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.standard_normal((3, 4, 4, 1)).astype(np.float32),
+           "label": np.array([1, 2, 3], np.int32)}  # fmt: skip
+  norms = state_lib.grad_norms(state, batch, paths)
+  grads = jax.grad(lambda p: state_lib.loss_fn(p, state, batch, state.rng)[0])(state.params)
+  for path in paths:
+    layer = grads[path[0]][path[1]]
+    flat = np.concatenate([np.ravel(layer["kernel"]), np.ravel(layer["bias"])])
+    assert float(norms["/".join(path)]) == pytest.approx(np.linalg.norm(flat), rel=1e-5)
