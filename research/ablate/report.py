@@ -52,23 +52,23 @@ def grad_norms(records: list[dict]) -> dict[str, list[float]] | None:
   return {layer: [r[GRAD_NORM + layer] for r in records] for layer in layers}
 
 
-def summarize(table: dict, seeds: list[int], per_seed: dict[str, dict[int, dict]]) -> None:
-  """Fills each row of `table` from its runs' last records by seed (`per_seed[label][seed]`):
+def summarize(table: dict, seeds: list[int], per_seed: dict[str, dict[int, list[dict]]]) -> None:
+  """Fills each row of `table` from its runs' records by seed (`per_seed[label][seed]`):
   `test_accuracy` (`stats.interval`), `difference` from the reference (`stats.paired`, by seed; None
   for the reference), `grad_norms` (each layer's norm per epoch, the mean over seeds) and the
   table's `resolution` (`stats.resolvable`, from the median spread of the paired differences)."""
-  reference = [per_seed[table["reference"]][s]["records"][-1]["test_accuracy"] for s in seeds]
+  reference = [per_seed[table["reference"]][s][-1]["test_accuracy"] for s in seeds]
   spreads = []
   for row in table["rows"]:
     runs = per_seed[row["label"]]
-    accuracies = [runs[s]["records"][-1]["test_accuracy"] for s in seeds]
+    accuracies = [runs[s][-1]["test_accuracy"] for s in seeds]
     row["test_accuracy"] = stats.interval(accuracies)
     row["difference"] = (
       None if row["label"] == table["reference"] else stats.paired(accuracies, reference)
     )
     if row["difference"] is not None and row["difference"]["std"] is not None:
       spreads.append(row["difference"]["std"])
-    norms = [grad_norms(runs[s]["records"]) for s in seeds]
+    norms = [grad_norms(runs[s]) for s in seeds]
     row["grad_norms"] = (
       None
       if any(n is None for n in norms)
@@ -88,7 +88,7 @@ def refresh(results: dict, out: str) -> dict:
   seeds = results["seeds"]
   for table in results["tables"]:
     per_seed = {
-      row["label"]: {s: {"records": _records(out, table["name"], row["label"], s)} for s in seeds}
+      row["label"]: {s: _records(out, table["name"], row["label"], s) for s in seeds}
       for row in table["rows"]
     }
     summarize(table, seeds, per_seed)

@@ -168,13 +168,14 @@ def run_table(
     runs, todo = {}, {}
     for seed in seeds:
       workdir = report.run_dir(out, name, label, seed)
-      run_config = variant_config(config.ablation, table, variant, seed)
-      records = _finished(run_config, workdir)
+      records = _finished(variant_config(config.ablation, table, variant, seed), workdir)
       if records is None:
         todo[seed] = workdir
       else:
-        runs[seed] = {"records": records}
-        progress.advance(make_plan(run_config, static=True).total_steps)
+        runs[seed] = records
+    if runs:  # Read back: their steps count as done.
+      plan = make_plan(variant_config(config.ablation, table, variant, seeds[0]), static=True)
+      progress.advance(plan.total_steps * len(runs))
     if todo:  # The seeds not yet done train together (`train.train_seeds`).
       progress.bar.set_postfix_str(f"{name}: {label}, seeds {', '.join(map(str, todo))}")
       log.info(f"ablation: training {name}: {label}, seeds {', '.join(map(str, todo))}")
@@ -185,7 +186,7 @@ def run_table(
         )  # fmt: skip
       trained += len(todo)
       for seed, workdir in todo.items():
-        runs[seed] = {"records": metrics.read(workdir)}
+        runs[seed] = metrics.read(workdir)
     per_seed[label] = runs
     subject = subjects.model_subject(variant_config(config.ablation, table, variant, seeds[0]))
     step, args = subject.passes["train_step"]

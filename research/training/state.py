@@ -112,11 +112,10 @@ def parallel_steps(states: list[TrainState], split: dict, orders: list) -> list:
   """`indexed_train_step` for several seeds' states, each on its own epoch order, in one compiled
   call: `[(state, metrics)]` in order.
 
-  The steps are written out one after another (unrolled), not vmapped: vmapping over per-seed
-  weights turns each convolution into a grouped one, which XLA's CPU backend runs 7-21x slower
-  (the issue's measurement), while the unrolled steps cost 0.68-0.85x as many separate ones and
-  give each seed the numbers of its own run, bit for bit (`tests/training/test_seeds.py`). The
-  training loop's formulation on CPU (`seeds_formulation`).
+  The steps are written out one after another (unrolled): each seed gets the numbers of its own
+  run, bit for bit (`tests/training/test_seeds.py`), and on CPU they cost 0.78-0.88x as many
+  separate calls, where `vmapped_steps` (every convolution then a grouped one) cost 1.6-2.7x
+  (`run.py bench --seeds`). The training loop's formulation on CPU (`seeds_formulation`).
   """
   return [indexed_train_step(state, split, order) for state, order in zip(states, orders)]
 
@@ -167,14 +166,19 @@ def layer_paths(model: nn.Module, variables: dict, image_shape) -> list[tuple[st
     )
 
   def owns_params(path):
-    node = variables["params"]
-    for key in path:
-      if not isinstance(node, dict) or key not in node:
-        return False
-      node = node[key]
+    node = _at(variables["params"], path)
     return isinstance(node, dict) and any(not isinstance(v, dict) for v in node.values())
 
   return [path for path in called if path and owns_params(path)]
+
+
+def _at(tree: dict, path: tuple[str, ...]) -> Any:
+  """The node of the nested dict `tree` at `path`, None where there is none."""
+  for key in path:
+    if not isinstance(tree, dict) or key not in tree:
+      return None
+    tree = tree[key]
+  return tree
 
 
 def grad_norms(state: TrainState, batch: dict, paths: list[tuple[str, ...]]) -> dict:
@@ -184,10 +188,7 @@ def grad_norms(state: TrainState, batch: dict, paths: list[tuple[str, ...]]) -> 
   grads = jax.grad(lambda p: loss_fn(p, state, batch, state.rng)[0])(state.params)
   norms = {}
   for path in paths:
-    node = grads
-    for key in path:
-      node = node[key]
-    leaves = [v for v in node.values() if not isinstance(v, dict)]
+    leaves = [v for v in _at(grads, path).values() if not isinstance(v, dict)]
     norms["/".join(path)] = jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in leaves))
   return norms
 

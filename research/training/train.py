@@ -481,17 +481,13 @@ def _train(
 ) -> None:
   config = runs[0].config  # The seeds' configs differ in the seed only.
   spe, total = plan.steps_per_epoch, plan.total_steps
+  formulation = seeds_formulation(config.train.seeds_together, plan.devices[0].platform)
   log.info(
     f"{plan.dataset.name}: {plan.dataset.num_train} train / {plan.dataset.num_test} test "
     f"examples of shape {plan.dataset.shape}; batch {config.data.batch_size} -> {spe} "
     f"steps per epoch, {config.train.num_epochs} epochs -> {total} steps on {len(plan.devices)} "
     f"{plan.devices[0].platform} device(s)"
-    + (
-      f"; {len(runs)} seeds, their steps in one call "
-      f"({seeds_formulation(config.train.seeds_together, plan.devices[0].platform)})."
-      if len(runs) > 1
-      else "."
-    )
+    + (f"; {len(runs)} seeds, their steps in one call ({formulation})." if len(runs) > 1 else ".")
   )
   have, where = memory.available(plan.devices)
   log.info(
@@ -517,7 +513,6 @@ def _train(
   # The normalized split, once: float32, 4 bytes a pixel (188 MiB for Fashion-MNIST).
   split = {"image": data.normalize(train.images, stats), "label": train.labels}
   on_device = jax.device_put(split, replicated)
-  formulation = seeds_formulation(config.train.seeds_together, plan.devices[0].platform)
   train_fn = jax.jit(
     # Looked up here, so that a test may replace either.
     parallel_steps if formulation == "unrolled" or len(runs) == 1 else vmapped_steps,
@@ -581,8 +576,8 @@ def _train(
 
 def _with_grad_norms(evaluate, plan: Plan, state: TrainState, on_device: dict, batch_size: int):
   """`evaluate` that also gives `grad_norm/<layer>`: the norm of the loss gradient with respect to
-  each layer's parameters (`state.grad_norms`, input to output), on a fixed probe batch, the first
-  `batch_size` examples of the (normalized) training split."""
+  each layer's parameters (`training.state.grad_norms`, input to output), on a fixed probe batch,
+  the first `batch_size` examples of the (normalized) training split."""
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   paths = tuple(layer_paths(plan.model, variables, (batch_size, *plan.dataset.shape)))
   probe = {"image": on_device["image"][:batch_size], "label": on_device["label"][:batch_size]}
