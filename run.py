@@ -52,9 +52,11 @@ def _config(args, overrides):
 
 def _train(args, overrides):
   from research.errors import UserError
-  from research.training import train
+  from research.training import distributed, train
 
   config = _config(args, overrides)
+  if distributed.initialize(config) and not distributed.is_writer():
+    logging.getLogger("research").setLevel(logging.WARNING)  # Process 0 speaks for the run.
   if args.seeds is None:
     train.train_and_evaluate(config, args.workdir)
     return

@@ -73,4 +73,14 @@ def get_config() -> ml_collections.ConfigDict:
   # TensorBoard, `grad_norm/<layer>`) on a fixed probe batch, the first batch_size training
   # examples.
   config.train.log_grad_norms = False
+
+  # Several processes (hosts) training as one (research/training/distributed.py). None: from
+  # $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES and $JAX_PROCESS_ID; none set: one process.
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.coordinator = config_dict.placeholder(str)  # host:port of process 0.
+  config.distributed.num_processes = config_dict.placeholder(int)
+  config.distributed.process_id = config_dict.placeholder(int)  # This process's, from 0.
+  # True: JAX finds what is unset from the cluster (SLURM, Open MPI, Kubernetes, Cloud TPU pods).
+  config.distributed.cluster_detection = False
+  config.distributed.timeout_seconds = 300  # How long a process waits for the others to join.
   return config

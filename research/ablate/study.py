@@ -21,6 +21,7 @@ on CPU); times are not.
 
 import contextlib
 import datetime
+import json
 import logging
 import os
 import time
@@ -122,9 +123,14 @@ def _finished(run_config: ml_collections.ConfigDict, workdir: str) -> list[dict]
   """The records of a run in `workdir` that finished with exactly this config, else None."""
   try:
     with open(os.path.join(workdir, "config.json")) as f:
-      same = f.read() == config_lib.to_json(run_config)
-  except OSError:
+      saved = json.load(f)
+  except (OSError, ValueError):
     return None
+  # Where a run ran (`distributed`: which processes) is not what it is.
+  wanted = json.loads(config_lib.to_json(run_config))
+  same = {k: v for k, v in saved.items() if k != "distributed"} == {
+    k: v for k, v in wanted.items() if k != "distributed"
+  }
   records = metrics.read(workdir)
   if same and records and records[-1]["epoch"] == run_config.train.num_epochs:
     return records

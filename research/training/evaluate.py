@@ -20,6 +20,7 @@ import ml_collections
 from research.data import pipeline as data
 from research.errors import CheckpointError, CheckpointGone
 from research.training import checkpoint
+from research.training.distributed import global_array
 from research.training.plan import Plan, make_plan
 from research.training.state import TrainState, eval_step
 
@@ -41,7 +42,7 @@ def make_evaluator(plan: Plan, test: data.Split, stats, batch_size: int) -> Eval
   def evaluate(state: TrainState) -> dict:
     totals = None
     for batch in data.eval_batches(test, stats, batch_size):
-      sums = eval_fn(state, jax.device_put(batch, split_batch))
+      sums = eval_fn(state, jax.tree.map(lambda x: global_array(x, split_batch), batch))
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     return {

@@ -19,6 +19,7 @@ from jax.sharding import PartitionSpec as P
 from research import config as config_lib
 from research.data import pipeline as data
 from research.nn.models import build_model
+from research.training import distributed
 from research.training.optim import build_optimizer
 from research.training.state import TrainState, create_train_state
 
@@ -37,7 +38,8 @@ class Plan:
   devices: tuple
 
   def shardings(self) -> tuple[NamedSharding, NamedSharding]:
-    """(replicated, split along the batch axis) over all devices, on a `data` mesh axis."""
+    """(replicated, split along the batch axis) over all devices (of every process), on a `data`
+    mesh axis."""
     return self.sharding(), self.sharding("data")
 
   def sharding(self, *spec) -> NamedSharding:
@@ -47,7 +49,8 @@ class Plan:
   def initial_state(self, seed: int) -> TrainState:
     """The state before the first step, a function of `seed` only, replicated over the devices."""
     state = create_train_state(self.model, self.tx, seed, self.dataset.shape)
-    return jax.device_put(state, self.shardings()[0])
+    replicated = self.shardings()[0]
+    return jax.tree.map(lambda x: distributed.global_array(np.asarray(x), replicated), state)
 
 
 def make_plan(config: ml_collections.ConfigDict, static: bool = False) -> Plan:
@@ -60,7 +63,7 @@ def make_plan(config: ml_collections.ConfigDict, static: bool = False) -> Plan:
   """
   config_lib.validate(config)
   dataset = data.static_info(config) if static else data.info(config)
-  devices = tuple(jax.local_devices())
+  devices = tuple(jax.devices())  # Every process's (`training.distributed`); in one, its own.
   data.check(config, dataset, len(devices))
   model = build_model(config.model, dataset.num_classes, dataset.shape)
   steps_per_epoch = (

@@ -1,7 +1,8 @@
 """One training run: `train_and_evaluate(config, workdir)`, over the pure steps of `training.state`.
 
-Data-parallel over all local devices: the batch is split along a `data` mesh axis and the state is
-replicated; XLA inserts the gradient all-reduce. The same code runs on CPU, GPU and TPU.
+Data-parallel over all devices: the batch is split along a `data` mesh axis and the state is
+replicated; XLA inserts the gradient all-reduce. The same code runs on CPU, GPU and TPU, in one
+process or several (`training.distributed` says which process writes what).
 
 Crash safety: a run holds `<workdir>/run.lock`, saves asynchronously under the `config.train` policy
 and resumes from the newest valid checkpoint, mid-epoch included: killed at any point and rerun, it
@@ -39,7 +40,7 @@ from research.errors import (
   TrainingDiverged,
   UserError,
 )
-from research.training import checkpoint, lock, memory, metrics
+from research.training import checkpoint, distributed, lock, memory, metrics
 from research.training.evaluate import make_evaluator
 from research.training.plan import Plan, make_plan
 from research.training.state import (
@@ -58,6 +59,9 @@ CONFIG_FILE = "config.json"
 IN_FLIGHT = 8  # Steps the host may dispatch ahead of the device (`EpochLog.add`).
 PROGRESS_SECONDS = 60.0  # Without a terminal (a log file, a scheduler), a progress line this often.
 CONFIG_CHANGES_FILE = "config_changes.jsonl"
+# Over several processes, how often they agree whether any was asked to stop (and at each epoch's
+# end): a collective, so not at every step.
+STOP_AGREEMENT_STEPS = 16
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -65,6 +69,8 @@ def prepare_workdir(workdir: str) -> str:
   workdir = os.path.abspath(workdir)
   try:
     os.makedirs(workdir, exist_ok=True)
+    if not distributed.is_writer():  # Process 0 checked it (`distributed.writer_first`).
+      return workdir
     probe = os.path.join(workdir, ".write-test")
     with open(probe, "w"):
       pass
@@ -80,10 +86,11 @@ def _record_config_changes(
   config: ml_collections.ConfigDict, workdir: str, step: int, meta: dict
 ) -> None:
   """Refuses config changes that the checkpoint of `step` cannot continue under (a
-  `CheckpointError`); allowed ones are logged and appended to `<workdir>/config_changes.jsonl`."""
+  `CheckpointError`, in every process); allowed ones are logged and appended to
+  `<workdir>/config_changes.jsonl` (by process 0)."""
   changes = checkpoint.config_changes(meta["config"], json.loads(config_lib.to_json(config)))
   checkpoint.check_resumable(changes, os.path.join(checkpoint.directory(workdir), str(step)))
-  if changes:
+  if changes and distributed.is_writer():
     log.info(
       f"Config changes since step {step} (allowed; recorded in {CONFIG_CHANGES_FILE}): "
       + ", ".join(f"config.{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
@@ -325,13 +332,15 @@ def train_seeds(
   # The memory a step needs, from the shapes in the dataset's metadata: a model that cannot fit is
   # refused before the dataset is prepared or anything is compiled.
   need = memory.check(make_plan(config, static=True), config.data.batch_size, len(workdirs))
-  plan = make_plan(config)
+  # Over several processes, process 0 prepares the dataset and the others then read it.
+  plan = distributed.writer_first("convlab:plan", lambda: make_plan(config))
   several = len(workdirs) > 1
   with contextlib.ExitStack() as held:
     runs = []
     for seed, workdir in workdirs.items():
-      workdir = prepare_workdir(workdir)
-      held.enter_context(lock.hold(workdir))
+      workdir = distributed.writer_first("convlab:workdir", lambda w=workdir: prepare_workdir(w))
+      if distributed.is_writer():  # Process 0 holds the lock for all (`training.distributed`).
+        held.enter_context(lock.hold(workdir))
       seeded = ml_collections.ConfigDict(config.to_dict())
       seeded.seed = seed
       runs.append(_Run(seeded, workdir, f"seed {seed}: " if several else ""))
@@ -355,14 +364,9 @@ def _resume(
   may continue under `config` (`checkpoint.restore_newest`), or the initial state and None.
 
   Removes unfinished saves first; corrupt newer steps are quarantined; config changes the checkpoint
-  cannot continue under are refused, allowed ones recorded.
+  cannot continue under are refused, allowed ones recorded. Over several processes, see
+  `_resume_together`.
   """
-  removed = checkpoint.remove_unfinished(workdir)
-  if removed:
-    log.info(
-      f"Removed {len(removed)} unfinished save(s) that an interrupted run left in "
-      f"{checkpoint.directory(workdir)}: {', '.join(removed)}."
-    )
   initial = plan.initial_state(config.seed)
   spe = plan.steps_per_epoch
 
@@ -382,7 +386,11 @@ def _resume(
       )
     _record_config_changes(config, workdir, step, meta)
 
-  found = checkpoint.restore_newest(workdir, initial, check_meta=check)
+  if distributed.several():
+    found = _resume_together(workdir, initial, check)
+  else:
+    _remove_unfinished(workdir)
+    found = checkpoint.restore_newest(workdir, initial, check_meta=check)
   if found is None:
     return initial, None
   step, state, meta = found
@@ -392,6 +400,58 @@ def _resume(
     f"{checkpoint.directory(workdir)}."
   )
   return state, meta
+
+
+def _remove_unfinished(workdir: str) -> None:
+  removed = checkpoint.remove_unfinished(workdir)
+  if removed:
+    log.info(
+      f"Removed {len(removed)} unfinished save(s) that an interrupted run left in "
+      f"{checkpoint.directory(workdir)}: {', '.join(removed)}."
+    )
+
+
+PICK_FAILED = -2  # What process 0 broadcasts when it could not pick a step (it raises the reason).
+
+
+def _resume_together(
+  workdir: str, initial: TrainState, check: Callable[[int, dict], None]
+) -> tuple[int, TrainState, dict] | None:
+  """`checkpoint.restore_newest` over several processes: process 0 alone removes unfinished saves,
+  quarantines corrupt steps and picks the newest step that passes its checksums; then every process
+  reads that step (Orbax restores collectively, so all must read the same step). A step that passes
+  its checksums and still does not restore is an error here, not a fallback to an older one."""
+  if distributed.is_writer():
+    try:
+      _remove_unfinished(workdir)
+      step = checkpoint.latest_valid(workdir, quarantine=True)
+    except UserError:
+      distributed.broadcast(PICK_FAILED)  # The others stop too instead of waiting.
+      raise
+    step = distributed.broadcast(-1 if step is None else step)
+  else:
+    step = distributed.broadcast(0)
+  if step == PICK_FAILED:
+    raise CheckpointError(
+      f"process 0 found no checkpoint to resume from in {checkpoint.directory(workdir)}; "
+      "its output says why"
+    )
+  if step < 0:
+    return None
+  meta = checkpoint.read_meta(workdir, step)
+  check(step, meta)
+  state, meta = checkpoint.restore(workdir, step, initial)
+  return step, state, meta
+
+
+class _NoWriter:
+  """The metrics sink of a process other than 0, which writes no file and no line."""
+
+  def write(self, record: dict, timing: dict) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
 
 
 class ProgressLog:
@@ -448,13 +508,16 @@ class _Run:
     """Resumes (or starts) the run and opens its sinks."""
     self.state, meta = _resume(self.config, plan, self.workdir)
     self.step = int(self.state.step)
-    with open(os.path.join(self.workdir, CONFIG_FILE), "w") as f:
-      f.write(config_lib.to_json(self.config))
-    metrics.truncate_after(self.workdir, self.step)
+    if distributed.is_writer():
+      with open(os.path.join(self.workdir, CONFIG_FILE), "w") as f:
+        f.write(config_lib.to_json(self.config))
+      metrics.truncate_after(self.workdir, self.step)
     spe, total = plan.steps_per_epoch, plan.total_steps
     restored = self.step if meta else None
     self.saver = Saver(self.workdir, self.config, spe, total, restored=restored)
-    self.writer = metrics.MetricWriter(self.workdir, self.label)
+    self.writer = (
+      metrics.MetricWriter(self.workdir, self.label) if distributed.is_writer() else _NoWriter()
+    )
     self.record = (metrics.read(self.workdir) or [{}])[-1]
     self.epoch_log = (
       EpochLog(meta["epoch_losses"], meta["epoch_accuracies"]) if meta else EpochLog()
@@ -532,13 +595,17 @@ def _train(
     total=total * len(runs),
     initial=sum(run.step for run in runs),
     unit="step",
-    disable=True if advance is not None else None,
+    disable=True if advance is not None or not distributed.is_writer() else None,
     dynamic_ncols=True,
   )
   loop_started = time.perf_counter()
   done = sum(run.step for run in runs)
   if advance is None:
-    progress = ProgressLog(done, total * len(runs), loop_started) if bar.disable else None
+    progress = (
+      ProgressLog(done, total * len(runs), loop_started)
+      if bar.disable and distributed.is_writer()
+      else None
+    )
 
     def advance(n: int) -> None:
       bar.update(n)
@@ -616,15 +683,20 @@ def _train_group(
       log.error(f"{run.label}{run.diverged}")
 
   def stop_if_asked(step: int, records: dict | None = None) -> None:
-    if not stop.is_set():
+    asked = stop.is_set()
+    if distributed.several():  # All stop at the same step (saving is collective), so they agree.
+      if step % spe and step % STOP_AGREEMENT_STEPS:
+        return
+      asked = distributed.any_process(asked)
+    if not asked:
       return
     active = [r for r in group if r.diverged is None]
     for run in active:
       run.save_unless_saved((records or {}).get(run.workdir))
     where = ", ".join(checkpoint.directory(r.workdir) for r in active)
     raise Interrupted(
-      f"stopped by {stop.signal} at step {step} after saving it in {where}; rerun the same "
-      "command to resume"
+      f"stopped by {stop.signal or 'a stop request to another process'} at step {step} after "
+      f"saving it in {where}; rerun the same command to resume"
     )
 
   step = start
@@ -640,7 +712,8 @@ def _train_group(
       if not skip:
         run.epoch_log = EpochLog()
       order = data.epoch_indices(num_train, batch_size, run.config.seed, epoch)
-      orders[run.workdir] = jax.device_put(order, by_batch)
+      # Each process feeds its own devices' share of every batch.
+      orders[run.workdir] = distributed.global_array(order, by_batch)
     for _ in range(skip, spe):  # Each step takes the batch of its own step number.
       outputs = train_fn([r.state for r in active], on_device, [orders[r.workdir] for r in active])
       step += 1

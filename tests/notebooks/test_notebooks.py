@@ -38,3 +38,10 @@ def test_a_notebook_with_a_failing_cell_fails(tmp_path):
   )
   with pytest.raises(CellExecutionError, match="broken"):
     _execute(notebook, str(tmp_path / "broken.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
+def test_notebook_is_stored_without_outputs(path):
+  notebook = nbformat.read(path, as_version=4)
+  code = [c for c in notebook.cells if c.cell_type == "code"]
+  assert code and all(not c.outputs and c.execution_count is None for c in code)

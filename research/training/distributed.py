@@ -1,0 +1,168 @@
+"""Several processes on JAX's own engine (`jax.distributed`): who starts them, who writes what.
+
+A run over several processes (several hosts, or several processes on one host) is one SPMD
+program: every process runs the same code on the same config, and the `data` mesh axis spans every
+device of every process (`jax.devices()`). `initialize` connects them, from the `distributed`
+config keys or the environment:
+
+  distributed.coordinator     host:port of process 0    else $JAX_COORDINATOR_ADDRESS
+  distributed.num_processes   how many processes         else $JAX_NUM_PROCESSES
+  distributed.process_id      this one's, from 0         else $JAX_PROCESS_ID
+  distributed.cluster_detection   True: let JAX find what is unset from the cluster it runs on
+                                  (SLURM, Open MPI, Kubernetes, Cloud TPU pods)
+
+With none of them set it does nothing: one process, its local devices.
+
+Who writes what (the workdir must be one folder that every process sees, e.g. NFS or GCS):
+  process 0 only   run.lock, config.json, config_changes.jsonl, metrics.jsonl, tensorboard/, the
+                   console and the progress bar; the cleanup before a resume (unfinished saves
+                   removed, corrupt steps quarantined); `checksums.json` of each step (Orbax runs
+                   the sealing callback on its primary host, after every process wrote its part)
+  every process    its shards of each checkpoint (Orbax saves and restores collectively), and
+                   each global batch's shards on its own devices (`global_array`)
+Every process computes the same data order (a function of seed and epoch), so they agree on it
+without talking. A stop signal (SIGTERM, Ctrl-C) to any process stops them all at the same step,
+saved: they agree every `train.STOP_AGREEMENT_STEPS` steps and at each epoch's end.
+"""
+
+import logging
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import jax
+import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
+
+from research.config import is_int
+from research.errors import ConfigError, UserError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+ENV = {
+  "coordinator": "JAX_COORDINATOR_ADDRESS",
+  "num_processes": "JAX_NUM_PROCESSES",
+  "process_id": "JAX_PROCESS_ID",
+}
+
+
+def settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """{coordinator, num_processes, process_id}: each from `config.distributed`, else from its
+  environment variable (`ENV`), else None; a value that cannot be right is a `ConfigError`."""
+  section = config.distributed
+  found = {}
+  for key, variable in ENV.items():
+    value = section[key]
+    if value is None and os.environ.get(variable):
+      value = os.environ[variable]
+      if key != "coordinator":
+        try:
+          value = int(value)
+        except ValueError:
+          raise ConfigError(
+            f"distributed.{key}", f"${variable} is {value!r}, not an integer"
+          ) from None
+    found[key] = value
+  n, i = found["num_processes"], found["process_id"]
+  if n is not None and not (is_int(n) and n >= 1):
+    raise ConfigError("distributed.num_processes", f"must be an integer from 1, got {n!r}")
+  if i is not None and not (is_int(i) and 0 <= i < (n or 2**31)):
+    raise ConfigError(
+      "distributed.process_id", f"must be an integer from 0 to num_processes - 1, got {i!r}"
+    )
+  if not isinstance(section.cluster_detection, bool):
+    raise ConfigError("distributed.cluster_detection", "must be True or False")
+  if not (is_int(section.timeout_seconds) and section.timeout_seconds >= 1):
+    raise ConfigError(
+      "distributed.timeout_seconds", f"must be an integer from 1, got {section.timeout_seconds!r}"
+    )
+  if (n or 1) > 1 and not section.cluster_detection and None in found.values():
+    missing = [f"distributed.{k} (or ${ENV[k]})" for k, v in found.items() if v is None]
+    raise ConfigError(
+      "distributed", f"{n} processes need {', '.join(missing)} too, or cluster_detection=True"
+    )
+  return found
+
+
+def initialize(config: ml_collections.ConfigDict) -> bool:
+  """Connects this process to the others (`jax.distributed.initialize`) when the config or the
+  environment asks for several processes; before anything else touches JAX's devices. Returns
+  whether it did. On CPU the processes' collectives go over gloo."""
+  found = settings(config)
+  if not config.distributed.cluster_detection and (found["num_processes"] or 1) == 1:
+    return False
+  if jax.distributed.is_initialized():
+    return True
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  try:
+    jax.distributed.initialize(
+      coordinator_address=found["coordinator"],
+      num_processes=found["num_processes"],
+      process_id=found["process_id"],
+      initialization_timeout=config.distributed.timeout_seconds,
+    )
+  except Exception as e:  # JAX raises RuntimeError, ValueError or XlaRuntimeError here.
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise UserError(
+      f"could not join the processes of this run (coordinator {found['coordinator']}, "
+      f"{found['num_processes']} processes, this one {found['process_id']}): {text}"
+    ) from None
+  if is_writer():
+    log.info(
+      f"{jax.process_count()} processes joined, {jax.device_count()} devices in all "
+      f"({jax.local_device_count()} in process 0)."
+    )
+  return True
+
+
+def is_writer() -> bool:
+  """Whether this process writes the run's files and lines (process 0)."""
+  return jax.process_index() == 0
+
+
+def several() -> bool:
+  return jax.process_count() > 1
+
+
+def barrier(name: str) -> None:
+  """Waits until every process got here (nothing to wait for in one process)."""
+  if several():
+    multihost_utils.sync_global_devices(name)
+
+
+def writer_first(name: str, work: Callable[[], T]) -> T:
+  """`work()` on process 0, then on the others: what process 0 prepares on the shared disk (a
+  dataset, a cleaned checkpoint folder), the others then find ready. An error on process 0 still
+  releases the others, so they do not wait for it forever."""
+  if not several():
+    return work()
+  if is_writer():
+    try:
+      return work()
+    finally:
+      barrier(name)
+  barrier(name)
+  return work()
+
+
+def any_process(flag: bool) -> bool:
+  """Whether `flag` is set in any process (in one process, `flag`)."""
+  if not several():
+    return flag
+  return bool(np.asarray(multihost_utils.process_allgather(np.int32(flag))).any())
+
+
+def broadcast(value: int) -> int:
+  """Process 0's `value` (an int) on every process."""
+  if not several():
+    return value
+  return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
+
+
+def global_array(host: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+  """`host`, the same global value in every process, as one array laid out by `sharding`: each
+  process puts on its own devices only the shards they hold (`jax.make_array_from_callback`), so
+  of a batch split over the `data` axis it feeds only its own slice."""
+  return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
