@@ -50,8 +50,9 @@ ENV = {
 
 def settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """{coordinator, num_processes, process_id}: each from `config.distributed`, else from its
-  environment variable (`ENV`), else None; a value that cannot be right is a `ConfigError`."""
-  section = config.distributed
+  environment variable (`ENV`), else None; a value that cannot be right is a `ConfigError`. A config
+  without a `distributed` section (an experiment file of its own) reads the environment only."""
+  section = _section(config)
   found = {}
   for key, variable in ENV.items():
     value = section[key]
@@ -86,12 +87,28 @@ def settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return found
 
 
+def _section(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config.distributed`, its missing keys at their defaults (`experiments/default.py`)."""
+  section = ml_collections.ConfigDict(
+    {
+      "coordinator": None,
+      "num_processes": None,
+      "process_id": None,
+      "cluster_detection": False,
+      "timeout_seconds": 300,
+    }
+  )
+  for key, value in (config.get("distributed") or {}).items():
+    section[key] = value
+  return section
+
+
 def initialize(config: ml_collections.ConfigDict) -> bool:
   """Connects this process to the others (`jax.distributed.initialize`) when the config or the
   environment asks for several processes; before anything else touches JAX's devices. Returns
   whether it did. On CPU the processes' collectives go over gloo."""
-  found = settings(config)
-  if not config.distributed.cluster_detection and (found["num_processes"] or 1) == 1:
+  found, section = settings(config), _section(config)
+  if not section.cluster_detection and (found["num_processes"] or 1) == 1:
     return False
   if jax.distributed.is_initialized():
     return True
@@ -101,7 +118,7 @@ def initialize(config: ml_collections.ConfigDict) -> bool:
       coordinator_address=found["coordinator"],
       num_processes=found["num_processes"],
       process_id=found["process_id"],
-      initialization_timeout=config.distributed.timeout_seconds,
+      initialization_timeout=section.timeout_seconds,
     )
   except Exception as e:  # JAX raises RuntimeError, ValueError or XlaRuntimeError here.
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

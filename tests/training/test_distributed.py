@@ -231,3 +231,13 @@ def test_a_checkpoint_resumes_on_another_device_count(before, after, data_dir, t
   ]
   for x, y in zip(jax.tree.leaves(params[0]), jax.tree.leaves(params[1]), strict=True):
     np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=TOLERANCE, atol=TOLERANCE)
+
+
+def test_a_config_without_a_distributed_section_is_one_process(monkeypatch):
+  import ml_collections
+
+  for variable in distributed.ENV.values():
+    monkeypatch.delenv(variable, raising=False)
+  config = ml_collections.ConfigDict({"seed": 0})
+  assert distributed.settings(config) == dict.fromkeys(distributed.ENV)
+  assert distributed.initialize(config) is False
