@@ -5,6 +5,7 @@ import csv
 import json
 import os
 
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -168,6 +169,35 @@ def test_a_rerun_trains_nothing_and_report_reproduces_the_files(ablation, monkey
   result = run_cli("report", f"--workdir={out}")
   assert result.returncode == 0, result.stderr
   assert {name: (out / name).read_bytes() for name in written} == before
+
+
+def test_a_rerun_elsewhere_trains_nothing_where_only_the_distributed_keys_differ(
+  ablation, monkeypatch
+):
+  """Where a run ran (`distributed`: its processes) is not what it is: a rerun whose configs differ
+  from the saved `config.json` there only (or a `config.json` written before the section existed)
+  reads the runs back; any other difference trains again."""
+  config, out, _ = ablation
+
+  def retrain(*args, **kwargs):
+    raise AssertionError("a finished run was trained again")
+
+  monkeypatch.setattr(train, "train_seeds", retrain)
+  saved = out / "runs" / "blocks" / "conv" / "seed_0" / "config.json"
+  before = saved.read_text()
+  elsewhere = ml_collections.ConfigDict(config.to_dict())
+  elsewhere.ablation.overrides = (*config.ablation.overrides, "distributed.coordinator=host:1")
+  try:
+    older = json.loads(before)
+    del older["distributed"]
+    saved.write_text(json.dumps(older))
+    assert ablate.run(elsewhere, str(out))[0]["trained_runs"] == 0
+    changed = ml_collections.ConfigDict(config.to_dict())
+    changed.ablation.overrides = (*config.ablation.overrides, "optimizer.learning_rate=0.5")
+    with pytest.raises(AssertionError, match="trained again"):
+      ablate.run(changed, str(out))
+  finally:
+    saved.write_text(before)
 
 
 def test_report_without_an_ablation_is_one_line(tmp_path):
