@@ -211,23 +211,30 @@ def _train(workdir, data_dir, epochs: int, devices: int):
   return result
 
 
+@pytest.fixture(scope="module")
+def straight(data_dir, tmp_path_factory):
+  """Two epochs on 1 device, uninterrupted."""
+  workdir = tmp_path_factory.mktemp("straight")
+  _train(workdir, data_dir, 2, 1)
+  return workdir
+
+
 @pytest.mark.parametrize("before, after", [(8, 1), (1, 8)])
-def test_a_checkpoint_resumes_on_another_device_count(before, after, data_dir, tmp_path):
+def test_a_checkpoint_resumes_on_another_device_count(before, after, straight, data_dir, tmp_path):
   """Saved after epoch 1 on `before` devices and resumed for epoch 2 on `after`, the run ends where
   an uninterrupted one on 1 device does, to float tolerance (the gradient's all-reduce over 8
   devices sums in another order)."""
-  _train(tmp_path / "straight", data_dir, 2, 1)
   _train(tmp_path / "moved", data_dir, 1, before)
   resumed = _train(tmp_path / "moved", data_dir, 2, after)
   assert "Resuming from the checkpoint at step 44" in resumed.stdout
-  a, b = metrics.read(str(tmp_path / "straight")), metrics.read(str(tmp_path / "moved"))
+  a, b = metrics.read(str(straight)), metrics.read(str(tmp_path / "moved"))
   assert [r["epoch"] for r in b] == [1, 2]
   for key in ("train_loss", "test_loss", "test_accuracy"):
     np.testing.assert_allclose([r[key] for r in b], [r[key] for r in a], rtol=2e-3, atol=2e-3)
   plan = make_plan(load(f"data.data_dir={data_dir}"))
   params = [
-    checkpoint.restore(str(tmp_path / name), 88, plan.initial_state(0))[0].params
-    for name in ("straight", "moved")
+    checkpoint.restore(str(path), 88, plan.initial_state(0))[0].params
+    for path in (straight, tmp_path / "moved")
   ]
   for x, y in zip(jax.tree.leaves(params[0]), jax.tree.leaves(params[1]), strict=True):
     np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=TOLERANCE, atol=TOLERANCE)
