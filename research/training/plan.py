@@ -50,7 +50,9 @@ class Plan:
     """The state before the first step, a function of `seed` only, replicated over the devices."""
     state = create_train_state(self.model, self.tx, seed, self.dataset.shape)
     replicated = self.shardings()[0]
-    return jax.tree.map(lambda x: distributed.global_array(np.asarray(x), replicated), state)
+    if distributed.several():  # Each process puts its own devices' copies of the same values.
+      return jax.tree.map(lambda x: distributed.global_array(np.asarray(x), replicated), state)
+    return jax.device_put(state, replicated)
 
 
 def make_plan(config: ml_collections.ConfigDict, static: bool = False) -> Plan:
