@@ -27,6 +27,8 @@ saved: they agree every `train.STOP_AGREEMENT_STEPS` steps and at each epoch's e
 
 import logging
 import os
+import socket
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -112,6 +114,8 @@ def initialize(config: ml_collections.ConfigDict) -> bool:
     return False
   if jax.distributed.is_initialized():
     return True
+  if found["coordinator"] is not None and found["process_id"] is not None:
+    _check_reachable(found["coordinator"], found["process_id"], section.timeout_seconds)
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   try:
     jax.distributed.initialize(
@@ -132,6 +136,39 @@ def initialize(config: ml_collections.ConfigDict) -> bool:
       f"({jax.local_device_count()} in process 0)."
     )
   return True
+
+
+def _check_reachable(coordinator: str, process_id: int, timeout: float) -> None:
+  """A `ConfigError` unless process 0 can listen on `coordinator`'s port, or another process can
+  connect to it within `timeout` seconds: JAX aborts the whole process (a C++ fatal error, with
+  a stack trace) where it cannot, so this says it in one line first."""
+  host, _, port = coordinator.rpartition(":")
+  if not host or not port.isdigit():
+    raise ConfigError("distributed.coordinator", f"must be host:port, got {coordinator!r}")
+  if process_id == 0:
+    try:
+      with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("", int(port)))
+    except OSError as e:
+      raise ConfigError(
+        "distributed.coordinator",
+        f"process 0 cannot listen on port {port} ({e.strerror}); choose a free port",
+      ) from None
+    return
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      socket.create_connection((host, int(port)), timeout=2).close()
+      return
+    except OSError as e:
+      if time.monotonic() >= deadline:
+        raise ConfigError(
+          "distributed.coordinator",
+          f"nothing answered at {coordinator} within {timeout} s ({e.strerror or e}); start "
+          "process 0 there first, or check the address",
+        ) from None
+      time.sleep(0.5)
 
 
 def is_writer() -> bool:

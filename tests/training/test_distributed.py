@@ -248,3 +248,37 @@ def test_a_config_without_a_distributed_section_is_one_process(monkeypatch):
   config = ml_collections.ConfigDict({"seed": 0})
   assert distributed.settings(config) == dict.fromkeys(distributed.ENV)
   assert distributed.initialize(config) is False
+
+
+def test_a_coordinator_nobody_answers_at_is_one_line_not_an_abort(tmp_path):
+  """JAX aborts the process (a C++ fatal error and its stack trace) when it cannot reach the
+  coordinator; the run says so in one line instead, exit code 2, and writes nothing."""
+  result = run_cli(
+    "train",
+    f"--workdir={tmp_path / 'run'}",
+    "--config.distributed.num_processes=2",
+    "--config.distributed.process_id=1",
+    f"--config.distributed.coordinator=localhost:{_free_port()}",
+    "--config.distributed.timeout_seconds=2",
+    timeout=60,
+  )
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert result.stderr.startswith("error: config.distributed.coordinator: nothing answered at")
+  assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_a_coordinator_port_in_use_is_one_line_for_process_0(tmp_path):
+  with socket.socket() as busy:
+    busy.bind(("", 0))
+    busy.listen()
+    result = run_cli(
+      "train",
+      f"--workdir={tmp_path / 'run'}",
+      "--config.distributed.num_processes=2",
+      "--config.distributed.process_id=0",
+      f"--config.distributed.coordinator=localhost:{busy.getsockname()[1]}",
+      timeout=60,
+    )
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert "config.distributed.coordinator: process 0 cannot listen on port" in result.stderr
+  assert not (tmp_path / "run").exists()
