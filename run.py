@@ -1,5 +1,6 @@
-"""convlab's one entry point: `python run.py COMMAND [options]`;
-`python run.py` trains the default experiment."""
+"""convlab's one entry point: `python run.py COMMAND [options]`. Without a command it trains:
+`python run.py` trains the default experiment, `python run.py --config.train.num_epochs=2` the same
+for 2 epochs."""
 
 import argparse
 import contextlib
@@ -73,7 +74,7 @@ def _train(args, overrides):
 
 
 def _data(args, overrides):
-  from research.data import catalog, pipeline
+  from research.data import catalog, prepare
   from research.errors import UserError
 
   config = _config(args, overrides)
@@ -85,7 +86,7 @@ def _data(args, overrides):
       "data prepare needs a dataset name, e.g. python run.py data prepare fashion_mnist"
     )
   config.data.name = args.name
-  print(f"{args.name}: prepared in {pipeline.prepare(config).data_dir}")
+  print(f"{args.name}: prepared in {prepare.prepare(config).data_dir}")
 
 
 def _eval(args, overrides):
@@ -164,7 +165,9 @@ def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
     prog="run.py",
     description="convlab: what convolutional building blocks cost and what they buy.",
-    epilog="With no command, trains experiments/default.py into workdirs/default. Compiled "
+    epilog="With no command, runs train: `run.py` trains experiments/default.py into "
+    "workdirs/default, and `run.py --config.train.num_epochs=2` or `run.py --workdir=D` pass their "
+    "options to train. Compiled "
     "programs are kept in JAX's persistent compilation cache (--compile_cache=DIR|off, on every "
     "command; default ~/.cache/convlab/jax).",
   )
@@ -174,7 +177,11 @@ def parser() -> argparse.ArgumentParser:
     "Train an experiment; config keys are overridden with --config.KEY=VALUE "
     "(e.g. --config.model.widths='(16,32)').", config="default.py",
   )  # fmt: skip
-  train.add_argument("--workdir", default=DEFAULT_WORKDIR, help="where checkpoints and metrics go")
+  train.add_argument(
+    "--workdir",
+    default=DEFAULT_WORKDIR,
+    help="where checkpoints and metrics go (default: %(default)s)",
+  )
   train.add_argument(
     "--seeds",
     default=None,
@@ -187,7 +194,9 @@ def parser() -> argparse.ArgumentParser:
     "Print the test loss and accuracy of a checkpoint in a workdir, rebuilt from the config "
     "saved with it.",
   )  # fmt: skip
-  evaluate.add_argument("--workdir", default=DEFAULT_WORKDIR, help="the run's workdir")
+  evaluate.add_argument(
+    "--workdir", default=DEFAULT_WORKDIR, help="the run's workdir (default: %(default)s)"
+  )
   evaluate.add_argument(
     "--step", type=int, default=None, help="checkpoint step (default: the newest valid one)"
   )
@@ -199,7 +208,7 @@ def parser() -> argparse.ArgumentParser:
   filters.add_argument(
     "--image", default=None, help="image to filter (default: scikit-learn's china.jpg)"
   )
-  filters.add_argument("--out", default="filters.png", help="PNG to write (default: filters.png)")
+  filters.add_argument("--out", default="filters.png", help="PNG to write (default: %(default)s)")
   cost = _command(
     commands, "cost", _cost,
     "parameters, analytic and XLA FLOPs, memory and time of blocks or a model",
@@ -256,7 +265,9 @@ def parser() -> argparse.ArgumentParser:
     "results.json and plots.", config="ablations.py",
   )  # fmt: skip
   ablate.add_argument(
-    "--out", default=os.path.join("workdirs", "ablations"), help="where results and runs go"
+    "--out",
+    default=os.path.join("workdirs", "ablations"),
+    help="where results and runs go (default: %(default)s)",
   )
   report = _command(
     commands, "report", _report,
@@ -265,18 +276,19 @@ def parser() -> argparse.ArgumentParser:
     "results.md, results.csv, results.json and the plots again.",
   )  # fmt: skip
   report.add_argument(
-    "--workdir", default=os.path.join("workdirs", "ablations"), help="the ablation's --out folder"
+    "--workdir",
+    default=os.path.join("workdirs", "ablations"),
+    help="the ablation's --out folder (default: %(default)s)",
   )
   return p
 
 
 def main(argv: list[str]) -> int:
-  argv = argv or ["train"]
   overrides = [a[len("--config.") :] for a in argv if a.startswith("--config.")]
-  args = parser().parse_args([a for a in argv if not a.startswith("--config.")])
-  if args.command is None:
-    parser().print_help()
-    return 2
+  rest = [a for a in argv if not a.startswith("--config.")]
+  if not rest or (rest[0].startswith("-") and rest[0] not in ("-h", "--help")):
+    rest = ["train", *rest]  # No command: the options are train's.
+  args = parser().parse_args(rest)
   if overrides and not getattr(args, "takes_overrides", False):
     print(f"error: {args.command} takes no --config.KEY overrides", file=sys.stderr)
     return 2

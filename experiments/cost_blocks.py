@@ -10,6 +10,7 @@ bottleneck and is compared with the bottleneck: (2 * 64 * 16 + 6 * 16 * 16) /
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -29,7 +30,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.cost.blocks.title = "one block at equal widths"
   config.cost.blocks.batch_size = 32
   config.cost.blocks.resolutions = (32,)  # Square inputs, pixels a side.
-  config.cost.blocks.in_channels = None  # None: each width.
+  # Input channels, a tuple; None: each width. A typed placeholder, so that an override can set it.
+  config.cost.blocks.in_channels = config_dict.placeholder(tuple)
   config.cost.blocks.widths = (64,)  # Output channels.
   config.cost.blocks.reference = "3x3"  # Ratios are to this variant (a variant may name its own).
   config.cost.blocks.variants = (

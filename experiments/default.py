@@ -3,6 +3,8 @@
 import ml_collections
 from ml_collections import config_dict
 
+from research.training import distributed
+
 
 def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -54,10 +56,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict()
   config.train.num_epochs = 20
   # Checkpoints: saved every N epochs and/or every N steps (0: off); the last step is always saved.
-  # Every 10 here: an epoch of the digits takes about 55 ms, and a save blocks the loop about 10 ms
-  # and then writes in the background for about 45 ms on the same 2 cores; saving every epoch cost
-  # the loop 40-50% of its speed, every 5 epochs about 10% (`python run.py bench`, the loop line).
-  # A crash loses at most 10 epochs, about 0.6 s.
+  # Every 10 here: a save blocks the loop while it copies the state, and saving every epoch costs
+  # the loop a large share of its speed on the digits (measure it: `python run.py bench`, the loop
+  # line). A crash loses at most 10 epochs.
   config.train.checkpoint_every_epochs = 10
   config.train.checkpoint_every_steps = 0
   config.train.keep_checkpoints = 3  # The newest N are kept,
@@ -67,20 +68,13 @@ def get_config() -> ml_collections.ConfigDict:
   # Several seeds (`run.py train --seeds`, `run.py ablate`) step together in one compiled call:
   # unrolled (one step per seed, written out; each seed's numbers bit for bit its own run's), vmap
   # (one step over the stacked seeds; equal to float tolerance) or auto (unrolled on CPU, where
-  # vmapped convolutions ran 7-21x slower; vmap on GPU and TPU).
+  # vmapped convolutions are slower, as the README's measurement shows; vmap on GPU and TPU).
   config.train.seeds_together = "auto"
   # Each epoch, also log the gradient norm of every layer's parameters (metrics.jsonl and
   # TensorBoard, `grad_norm/<layer>`) on a fixed probe batch, the first batch_size training
   # examples.
   config.train.log_grad_norms = False
 
-  # Several processes (hosts) training as one (research/training/distributed.py). None: from
-  # $JAX_COORDINATOR_ADDRESS, $JAX_NUM_PROCESSES and $JAX_PROCESS_ID; none set: one process.
-  config.distributed = ml_collections.ConfigDict()
-  config.distributed.coordinator = config_dict.placeholder(str)  # host:port of process 0.
-  config.distributed.num_processes = config_dict.placeholder(int)
-  config.distributed.process_id = config_dict.placeholder(int)  # This process's, from 0.
-  # True: JAX finds what is unset from the cluster (SLURM, Open MPI, Kubernetes, Cloud TPU pods).
-  config.distributed.cluster_detection = False
-  config.distributed.timeout_seconds = 300  # How long a process waits for the others to join.
+  # Several processes (hosts) training as one: research/training/distributed.py's defaults.
+  config.distributed = distributed.defaults()
   return config

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 import jax
 from jax.experimental.compilation_cache import compilation_cache
 
+from research import paths
+
 ENV = "CONVLAB_COMPILE_CACHE"
 JAX_ENV = "JAX_COMPILATION_CACHE_DIR"
 OFF = ("off", "")
@@ -22,9 +24,9 @@ logger = logging.getLogger(__name__)
 
 
 def default_directory(environ: Mapping[str, str]) -> str:
-  """`$XDG_CACHE_HOME/convlab/jax`, with XDG's default `~/.cache` when it is unset or empty."""
-  base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(base, "convlab", "jax")
+  """`jax` under convlab's cache folder (`research.paths.cache_dir`): `$XDG_CACHE_HOME/convlab/jax`,
+  `~/.cache/convlab/jax` by default."""
+  return os.path.join(paths.cache_dir(environ), "jax")
 
 
 def resolve(directory: str | None, environ: Mapping[str, str]) -> str | None:

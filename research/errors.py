@@ -52,3 +52,15 @@ class Interrupted(UserError):
   """SIGTERM or Ctrl-C stopped the run after it saved a checkpoint; rerunning resumes it."""
 
   exit_code = 3
+
+
+def first_line(e: BaseException, with_type: bool = True, limit: int = 200) -> str:
+  """`Type: the first line of its message` (or only the line, without `with_type`), cut to
+  `limit` characters: how an error raised inside a library is quoted in one of ours."""
+  lines = str(e).strip().splitlines()
+  line = lines[0] if lines else ""
+  if with_type:
+    text = f"{type(e).__name__}: {line}" if line else type(e).__name__
+  else:
+    text = line or type(e).__name__
+  return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -23,12 +23,12 @@ def run_cli(
 ) -> subprocess.CompletedProcess:
   """`python run.py ARGS` in a subprocess; stdout and stderr captured as text.
 
-  With `fault` (`ACTION@POINT:STEP`, see `research.testing.faults`), the process is run under
-  `python -m research.testing.faults`, which kills it at that point.
+  With `fault` (`ACTION@POINT:STEP`, see `tests/faults.py`), the process is run under
+  `python tests/faults.py`, which kills it at that point.
   """
   command = [sys.executable, RUN, *args]
   if fault is not None:
-    command = [sys.executable, "-m", "research.testing.faults", fault, RUN, *args]
+    command = [sys.executable, os.path.join(ROOT, "tests", "faults.py"), fault, RUN, *args]
   return subprocess.run(
     command,
     cwd=cwd,

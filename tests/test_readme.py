@@ -1,12 +1,12 @@
 """The README's ablation tables are the committed results, rendered (`experiments/results/`)."""
 
 import glob
-import json
 import os
 
 import pytest
 
-from research.ablate import report
+from research.ablate import results as results_lib
+from research.ablate import tables
 
 from support import ROOT
 
@@ -21,11 +21,10 @@ def test_there_are_committed_results():
 def test_every_committed_table_is_in_the_readme_as_rendered(path):
   with open(os.path.join(ROOT, "README.md")) as f:
     readme = f.read()
-  with open(path) as f:
-    results = json.load(f)
-  for table in results["tables"]:
-    assert report.markdown(table, len(results["seeds"])) in readme, (
-      f"README.md lacks table {table['name']!r} of {os.path.relpath(path, ROOT)} as rendered; "
+  results = results_lib.read(path)
+  for table in results.tables:
+    assert tables.markdown(table, len(results.seeds)) in readme, (
+      f"README.md lacks table {table.name!r} of {os.path.relpath(path, ROOT)} as rendered; "
       "copy it from the run's results.md"
     )
 
@@ -75,6 +74,21 @@ def test_the_worked_example_block_is_one_plus_shaped_3x3(cross_block):
   np.testing.assert_allclose(block.apply(variables, x), expected, atol=1e-5)
 
 
+def test_the_worked_example_block_is_a_models_callable(cross_block):
+  """`models.CNN(10, block=Cross)` on 8x8x1: each 3x3 is a 3x1 and a 1x3 (1 -> 32, then 32 -> 64),
+  then the dense head on 2x2x64: parameters by hand."""
+  import jax
+  import jax.numpy as jnp
+
+  from research.nn import models
+
+  model = models.CNN(10, block=cross_block)
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)))
+  convs = 2 * (3 * 1 * 32 + 32) + 2 * (3 * 32 * 64 + 64)
+  head = (2 * 2 * 64 * 256 + 256) + (256 * 10 + 10)
+  assert sum(p.size for p in jax.tree.leaves(variables["params"])) == convs + head
+
+
 def test_the_worked_example_block_trains_costs_and_ablates(cross_block, make_config, tmp_path):
   from research.ablate import study
   from research.config import apply_overrides, load_config
@@ -122,7 +136,7 @@ def test_the_worked_example_block_trains_costs_and_ablates(cross_block, make_con
       {"label": "cross", "overrides": ("model.block=cross",)},
     )
   results, _ = study.run(ablation, str(tmp_path / "ablation"))
-  [table] = results["tables"]
-  cross = next(r for r in table["rows"] if r["label"] == "cross")
-  assert cross["params"] < table["rows"][0]["params"] and cross["difference"]["n"] == 2
-  assert len(cross["test_accuracy"]["values"]) == 2
+  [table] = results.tables
+  cross = next(r for r in table.rows if r.label == "cross")
+  assert cross.params < table.rows[0].params and cross.difference.n == 2
+  assert len(cross.test_accuracy.values) == 2

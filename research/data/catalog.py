@@ -9,19 +9,19 @@ import os
 
 import ml_collections
 
-from research.data import idx, pipeline
+from research.data import builders, idx, prepare, splits
 
 
 def _entry(config: ml_collections.ConfigDict, name: str, kind: str) -> dict:
   """One dataset's row: prepared where (or None), its IDX files' directory, split sizes, shape."""
   config = ml_collections.ConfigDict(config.to_dict())
   config.data.name = name
-  builder = pipeline.get_builder(config, prepare=False)
-  info = pipeline.describe_builder(builder)  # Static metadata: nothing prepared or read.
+  builder = prepare.get_builder(config, prepare=False)
+  info = splits.describe_builder(builder)  # Static metadata: nothing prepared or read.
   prepared = builder.is_prepared()
   files = None
-  if name in pipeline.IDX_BUILDERS:
-    files = next((d for d in pipeline.source_dirs(config) if idx.find(d, "train")), None)
+  if name in builders.IDX_BUILDERS:
+    files = next((d for d in builders.source_dirs(config) if idx.find(d, "train")), None)
   return {
     "name": name,
     "kind": kind,
@@ -37,9 +37,9 @@ def _entry(config: ml_collections.ConfigDict, name: str, kind: str) -> dict:
 
 def catalog(config: ml_collections.ConfigDict) -> dict:
   """The known datasets (`entries`) and the other TFDS datasets prepared in the data dir."""
-  entries = [_entry(config, name, "embedded") for name in pipeline.OFFLINE_BUILDERS]
-  entries += [_entry(config, name, "IDX files") for name in pipeline.IDX_BUILDERS]
-  root = pipeline.data_dir(config)
+  entries = [_entry(config, name, "embedded") for name in builders.OFFLINE_BUILDERS]
+  entries += [_entry(config, name, "IDX files") for name in builders.IDX_BUILDERS]
+  root = builders.data_dir(config)
   known = {e["builder"] for e in entries} | {e["name"] for e in entries}
   others = sorted(
     name

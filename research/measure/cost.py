@@ -5,13 +5,14 @@ each pass (forward, forward_backward, train_step) the report holds the analytic 
 (`measure.flops`, primary, where the counting conventions live), XLA's FLOPs and bytes accessed and
 the compiled peak memory (`measure.xla`, the cross-check) and the seconds per call
 (`measure.timing`). Ratios to a reference variant (the full 3x3) sit beside the analytic ones, time
-beside FLOPs, because on a CPU they part: a 3x1+1x3 pair does 2/3 of a 3x3's FLOPs but moves twice
-its bytes, and is not faster.
+beside FLOPs, because on a CPU they part: a 3x1+1x3 pair does 2/3 of a 3x3's FLOPs, but its bytes
+accessed and its time do not follow (the README's table of `run.py cost` shows by how much).
 
-`run(config)` returns a JSON-ready report (`measure.schemas.COST_SCHEMA`);
+`run(config)` returns the report (`measure.reports.CostReport`) as a JSON-ready dict;
 `measure.text` renders it.
 """
 
+import dataclasses
 import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -20,13 +21,11 @@ import ml_collections
 
 from research.config import positive_int
 from research.errors import ConfigError
-from research.measure import flops, subjects, timing, xla
+from research.measure import flops, reports, subjects, timing, xla
 from research.measure.environment import environment
-from research.measure.schemas import PASSES
 
-MODEL_WARMUP = (
-  2  # Untimed calls per pass when costing a config's model (which has no `cost` section).
-)
+PASSES = ("forward", "forward_backward", "train_step")  # The passes a cost report may measure.
+MODEL_WARMUP = 2  # Untimed calls per pass when costing a config's model (it has no `cost` section).
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -34,76 +33,77 @@ def ratio(a: float | None, b: float | None) -> float | None:
   return None if a is None or b is None or b == 0 else a / b
 
 
+def _analytic(subject: subjects.Subject, name: str) -> dict[str, int]:
+  """`{"flops", "flops_in_bounds"}` of the pass `name`: every tap, and the taps inside the input."""
+  totals = subject.totals
+  fwd_bwd = flops.in_bounds_flops(subject.layers, "forward_backward")
+  found = {
+    "forward": (totals.forward_flops, flops.in_bounds_flops(subject.layers, "forward")),
+    "forward_backward": (totals.forward_backward_flops, fwd_bwd),
+    "train_step": (
+      totals.train_step_flops,
+      fwd_bwd + totals.train_step_flops - totals.forward_backward_flops,  # + the optimizer's.
+    ),
+  }[name]
+  return {"flops": found[0], "flops_in_bounds": found[1]}
+
+
 def _rows(
-  items: Sequence[subjects.Subject], warmup: int, repeats: int, passes: Sequence[str]
-) -> list[dict]:
-  """Measures `passes` of each subject: analytic FLOPs (naive and in-bounds),
-  XLA's figures and the time.
+  items: Sequence[subjects.Subject],
+  references: Sequence[str],
+  warmup: int,
+  repeats: int,
+  passes: Sequence[str],
+  key: str,
+) -> list[reports.CostRow]:
+  """Measures `passes` of each subject (analytic FLOPs, XLA's figures, the time) and gives each
+  row its ratios to the row labelled `references[i]` (a `ConfigError` naming `key` if none is).
 
   Every pass is compiled before any is timed; the subjects' calls of one pass are timed taking turns
   (`timing.measure_interleaved`), so that their time ratios share the machine's load.
   """
-  rows, compiled = [], {}
+  labels = [subject.label for subject in items]
+  for reference in references:
+    if reference not in labels:
+      raise ConfigError(
+        key, f"reference {reference!r} is not a variant label; labels: {', '.join(labels)}"
+      )
+  compiled, found = {}, {}
   for i, subject in enumerate(items):
-    totals = subject.totals
-    analytic = {
-      "forward": totals.forward_flops,
-      "forward_backward": totals.forward_backward_flops,
-      "train_step": totals.train_step_flops,
-    }
-    in_bounds = {
-      "forward": flops.in_bounds_flops(subject.layers, "forward"),
-      "forward_backward": flops.in_bounds_flops(subject.layers, "forward_backward"),
-    }
-    in_bounds["train_step"] = (
-      in_bounds["forward_backward"] + totals.train_step_flops - totals.forward_backward_flops
-    )
-    measured = {}
     for name in passes:
       fn, args = subject.passes[name]
       compiled[i, name], figures = xla.compile_pass(fn, args)
-      measured[name] = {"flops": analytic[name], "flops_in_bounds": in_bounds[name], **figures}
-    rows.append(
-      {
-        "label": subject.label,
-        "params": totals.params,
-        "macs": totals.macs,
-        "totals": totals.to_dict(),
-        "layers": [l.to_dict() for l in subject.layers],
-        "passes": measured,
-      }
-    )
+      found[i, name] = {**_analytic(subject, name), **figures}
   for name in passes:
     calls = {i: (compiled[i, name], subject.passes[name][1]) for i, subject in enumerate(items)}
     for i, seconds in timing.measure_interleaved(calls, warmup=warmup, repeats=repeats).items():
-      rows[i]["passes"][name]["seconds"] = seconds.to_dict()
-  return rows
-
-
-def _add_ratios(rows: list[dict], default_reference: str, key: str) -> None:
-  """Adds to each row its `reference` label and the ratio of every figure to that row's."""
-  by_label = {r["label"]: r for r in rows}
-  for row in rows:
-    reference = row.get("reference") or default_reference
-    if reference not in by_label:
-      raise ConfigError(
-        key, f"reference {reference!r} is not a variant label; labels: {', '.join(by_label)}"
+      found[i, name]["seconds"] = seconds
+  rows = []
+  for i, (subject, reference) in enumerate(zip(items, references)):
+    r = labels.index(reference)
+    costs = {}
+    for name in passes:
+      p, q = found[i, name], found[r, name]
+      same = {k: ratio(p[k], q[k]) for k in ("flops", "xla_flops", "xla_bytes", "peak_bytes")}
+      seconds = ratio(p["seconds"].median, q["seconds"].median)
+      costs[name] = reports.PassCost(**p, ratio=reports.PassRatio(**same, seconds=seconds))
+    totals, ref = subject.totals, items[r].totals
+    rows.append(
+      reports.CostRow(
+        label=subject.label,
+        reference=reference,
+        blocks=None,
+        params=totals.params,
+        macs=totals.macs,
+        totals=totals,
+        ratio=reports.RowRatio(
+          params=ratio(totals.params, ref.params), macs=ratio(totals.macs, ref.macs)
+        ),
+        layers=list(subject.layers),
+        passes=costs,
       )
-    ref = by_label[reference]
-    row["reference"] = reference
-    row["ratio"] = {
-      "params": ratio(row["params"], ref["params"]),
-      "macs": ratio(row["macs"], ref["macs"]),
-    }
-    for name, p in row["passes"].items():
-      q = ref["passes"][name]
-      p["ratio"] = {
-        "flops": ratio(p["flops"], q["flops"]),
-        "xla_flops": ratio(p["xla_flops"], q["xla_flops"]),
-        "xla_bytes": ratio(p["xla_bytes"], q["xla_bytes"]),
-        "peak_bytes": ratio(p["peak_bytes"], q["peak_bytes"]),
-        "seconds": ratio(p["seconds"]["median"], q["seconds"]["median"]),
-      }
+    )
+  return rows
 
 
 def _get(
@@ -123,7 +123,7 @@ def _positive_ints(v) -> bool:
 
 def _table(
   config: ml_collections.ConfigDict, name: str, warmup: int, repeats: int, passes: Sequence[str]
-) -> dict:
+) -> reports.CostTable:
   """One comparison table of `config.cost.<name>`: every variant at every
   (resolution, c_in, width)."""
   key = f"cost.{name}"
@@ -165,21 +165,23 @@ def _table(
           variant["label"], module, input_shape, tx, opt_flops, config.get("seed", 0), where
         )
       )
-    rows = _rows(found, warmup, repeats, passes)
-    for row, variant in zip(rows, variants):
-      row["blocks"] = [dict(b) for b in variant["blocks"]]
-      if variant.get("reference"):
-        row["reference"] = variant["reference"]
-    _add_ratios(rows, reference, f"{key}.reference")
+    references = [variant.get("reference") or reference for variant in variants]
+    rows = _rows(found, references, warmup, repeats, passes, f"{key}.reference")
+    rows = [
+      dataclasses.replace(row, blocks=[dict(b) for b in variant["blocks"]])
+      for row, variant in zip(rows, variants)
+    ]
     settings.append(
-      {"batch_size": batch, "input_shape": list(input_shape[1:]), "width": width, "rows": rows}
+      reports.CostSetting(
+        batch_size=batch, input_shape=list(input_shape[1:]), width=width, rows=rows
+      )
     )
-  return {"name": name, "title": section.get("title") or name, "settings": settings}
+  return reports.CostTable(name=name, title=section.get("title") or name, settings=settings)
 
 
 def run(config: ml_collections.ConfigDict) -> dict:
-  """The cost report (`COST_SCHEMA`) of `config`: its `cost` tables of block variants,
-  or else its model.
+  """The cost report of `config`, its `cost` tables of block variants or else its model, as
+  `dataclasses.asdict` of a `reports.CostReport` (JSON-ready).
 
   `config.cost` holds `tables` (the names of its table sections, in order), `warmup`, `repeats`,
   `passes` (those of `PASSES` to measure) and one section per table: `title`, `batch_size`,
@@ -211,24 +213,14 @@ def run(config: ml_collections.ConfigDict) -> dict:
   elif "model" in config:
     warmup, repeats = MODEL_WARMUP, timing.MIN_REPEATS
     subject = subjects.model_subject(config)
-    [row] = _rows([subject], warmup, repeats, PASSES)
-    _add_ratios([row], subject.label, "model.name")
-    shape = list(subject.passes["forward"][1][1].shape[1:])
-    tables = [
-      {
-        "name": "model",
-        "title": f"model {config.model.name!r} of the experiment",
-        "settings": [
-          {"batch_size": config.data.batch_size, "input_shape": shape, "width": None, "rows": [row]}
-        ],
-      }
-    ]
+    rows = _rows([subject], [subject.label], warmup, repeats, PASSES, "model.name")
+    batch, *shape = subject.passes["forward"][1][1].shape
+    setting = reports.CostSetting(batch_size=batch, input_shape=shape, width=None, rows=rows)
+    title = f"model {config.model.name!r} of the experiment"
+    tables = [reports.CostTable(name="model", title=title, settings=[setting])]
   else:
     raise ConfigError("cost", "this config has neither a cost section nor a model to cost")
-  return {
-    "schema": "convlab.cost/1",
-    "environment": environment(),
-    "warmup": warmup,
-    "repeats": repeats,
-    "tables": tables,
-  }
+  report = reports.CostReport(
+    environment=environment(), warmup=warmup, repeats=repeats, tables=tables
+  )
+  return dataclasses.asdict(report)

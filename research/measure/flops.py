@@ -21,16 +21,16 @@ Conventions (B = batch, out = output pixels per example, K = kernel taps, G = gr
 Not counted: activations, BatchNorm, pooling, residual adds and the loss. Each costs O(1) FLOPs per
 element against 2 K C_in / G per element for the layer that produced it (0.5% at K C_in / G = 100).
 
-How XLA's count (`compiled.cost_analysis()["flops"]`) differs, all measured on CPU with jax 0.10.2:
+How XLA's count (`compiled.cost_analysis()["flops"]`) differs (on CPU; each difference is tested in
+`tests/measure/`, and the README's `run.py cost` table shows them by how much):
   - Padding: XLA skips the taps that fall on SAME padding; `macs_in_bounds` counts exactly the taps
     inside the input (3x3 SAME on 32x32: (94/96)^2 = 0.959 of the naive count; on 100x100: 0.987).
   - Elementwise ops: XLA counts 1 FLOP per element for bias adds, activations, BatchNorm, pooling.
   - Grouped convolutions: XLA counts the weight gradient of a depthwise convolution as a dense one
-    (C_in times the work): its forward+backward count for `separable` at 64 channels is 3.5x ours.
+    (C_in times the work), so its forward+backward count for `separable` is several times ours.
     The time follows XLA's count, not ours: XLA's CPU depthwise backward is slow.
   - The optimizer: XLA counts optax's actual ops; `OPTIMIZER_FLOPS` is the per-parameter count of
-    the update formula, within 15% of XLA's (2 to 24 FLOPs per parameter: negligible beside the
-    layers).
+    the update formula, close to XLA's (a few FLOPs per parameter: negligible beside the layers).
 So for dense (ungrouped) convolutions, 2 * macs_in_bounds + bias adds agrees with XLA to within the
 elementwise ops (`XLA_RTOL`); the naive count exceeds XLA's by the skipped padding taps as well.
 """
@@ -48,9 +48,9 @@ from research.nn import blocks, shapes
 
 # Relative tolerance between 2 * macs_in_bounds + bias adds and XLA's count (forward and
 # forward+backward) for ungrouped convolutions: the gap is the uncounted elementwise ops
-# (activation, BatchNorm; 1-2 per element). Measured at 64 channels, 8x8: worst 1.6% (bottleneck,
-# factorized inner: its 1x1 expand has K C_in = 16); 0.1% for a 3x3. Narrower layers widen the gap
-# (1 / (2 K C_in / G) per activation).
+# (activation, BatchNorm; 1-2 per element), 1 / (2 K C_in / G) per activation: narrow layers (a 1x1
+# with few inputs, as inside a bottleneck) come closest to it. `tests/measure/test_cost.py` holds
+# every ungrouped block of its table to it.
 XLA_RTOL = 0.02
 
 # FLOPs per parameter of one optimizer update, from optax's formulas (moments: 3 for b*m + (1-b)*g,
@@ -88,29 +88,19 @@ class Layer:
   bias_adds: int
   input_grad: bool
 
-  @property
-  def forward_flops(self) -> int:
-    return 2 * self.macs + self.bias_adds
+  # Derived from the fields above when the layer is made, and stored (a report's JSON holds them).
+  forward_flops: int = dataclasses.field(init=False)  # 2 * macs + bias adds.
+  # Forward, weight gradient, input gradient (if `input_grad`) and bias gradient.
+  forward_backward_flops: int = dataclasses.field(init=False)
 
-  @property
-  def forward_backward_flops(self) -> int:
-    """Forward, weight gradient, input gradient (if `input_grad`) and bias gradient."""
-    return (6 if self.input_grad else 4) * self.macs + 2 * self.bias_adds
+  def __post_init__(self):
+    fwd_bwd = (6 if self.input_grad else 4) * self.macs + 2 * self.bias_adds
+    object.__setattr__(self, "forward_flops", 2 * self.macs + self.bias_adds)  # Frozen: set once.
+    object.__setattr__(self, "forward_backward_flops", fwd_bwd)
 
   @property
   def forward_backward_flops_in_bounds(self) -> int:
     return (6 if self.input_grad else 4) * self.macs_in_bounds + 2 * self.bias_adds
-
-  def to_dict(self) -> dict:
-    d = dataclasses.asdict(self)
-    d.update(
-      input_shape=list(self.input_shape),
-      output_shape=list(self.output_shape),
-      window=list(self.window),
-      forward_flops=self.forward_flops,
-      forward_backward_flops=self.forward_backward_flops,
-    )
-    return d
 
 
 def _in_bounds_taps(
@@ -253,9 +243,6 @@ class Totals:
   forward_flops: int
   forward_backward_flops: int
   train_step_flops: int
-
-  def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
 
 
 def totals(found: Sequence[Layer], params: int, optimizer: int = 0) -> Totals:

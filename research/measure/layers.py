@@ -13,17 +13,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from research.measure import flops, timing
-
-PASSES = ("forward", "input_grad", "weight_grad")
+from research.measure import flops, reports, timing
 
 
 def layer_times(
   model: nn.Module, input_shape: tuple[int, ...], warmup: int, repeats: int, **kwargs
-) -> list[dict]:
+) -> list[reports.LayerTimes]:
   """For each counted layer of `model` on inputs of `input_shape` (batch included): its path,
-  kind, window, input and output shapes, forward FLOPs and `seconds` (`timing.Timing` as a dict)
-  per pass in `PASSES`. The first layer's input gradient is timed too (a model never needs it)."""
+  kind, window, input and output shapes, forward FLOPs and the seconds of each pass (forward,
+  input gradient, weight gradient). The first layer's input gradient is timed too (a model never
+  needs it)."""
   rng = np.random.default_rng(0)
   x_model = jax.ShapeDtypeStruct(input_shape, jnp.float32)
   found = []
@@ -51,14 +50,14 @@ def layer_times(
       repeats=repeats,
     )
     found.append(
-      {
-        "path": layer.path,
-        "kind": layer.kind,
-        "window": list(layer.window),
-        "input_shape": list(layer.input_shape),
-        "output_shape": list(layer.output_shape),
-        "forward_flops": layer.forward_flops,
-        "seconds": {name: times[name].to_dict() for name in PASSES},
-      }
+      reports.LayerTimes(
+        path=layer.path,
+        kind=layer.kind,
+        window=list(layer.window),
+        input_shape=list(layer.input_shape),
+        output_shape=list(layer.output_shape),
+        forward_flops=layer.forward_flops,
+        seconds=reports.LayerPassTimes(**times),
+      )
     )
   return found

@@ -23,11 +23,8 @@ import optax
 
 from research.errors import ConfigError
 from research.measure import flops
-from research.nn import activations, blocks, shapes
-from research.registry import lookup
+from research.nn import blocks, shapes
 from research.training.optim import build_optimizer
-
-_ACTIVATION_FIELDS = ("activation", "mid_activation")
 
 
 @dataclasses.dataclass
@@ -39,7 +36,7 @@ class Subject:
   layers: list[flops.Layer]
   totals: flops.Totals
   passes: dict[str, tuple[Callable[..., Any], tuple]]
-  module: nn.Module | None = None  # A model's module (`model_subject`); None for block variants.
+  plan: Any = None  # A model's `training.plan.Plan` (`model_subject`); None for block variants.
 
 
 class Stack(nn.Module):
@@ -106,23 +103,7 @@ def variant_module(variant: dict, width: int, key: str) -> nn.Module:
     raise ConfigError(
       f"{key}.blocks", "a variant needs at least one block, e.g. blocks=({'name': 'conv'},)"
     )
-  modules = []
-  for j, spec in enumerate(specs):
-    spec, where = dict(spec), f"{key}.blocks[{j}]"
-    name = spec.pop("name", None)
-    cls = lookup(blocks.BLOCKS, name, f"{where}.name", "block")
-    fields = blocks.fields(cls)
-    unknown = sorted(set(spec) - fields)
-    if unknown:
-      raise ConfigError(
-        f"{where}.{unknown[0]}",
-        f"block {cls.__name__} has no such field; it has: {', '.join(sorted(fields))}",
-      )
-    for field in _ACTIVATION_FIELDS:
-      if isinstance(spec.get(field), str):
-        spec[field] = activations.get(spec[field], f"{where}.{field}")
-    features = spec.pop("features", width)
-    modules.append(blocks.make_block(name, features, key=f"{where}.name", **spec))
+  modules = [blocks.build_block(spec, width, f"{key}.blocks[{j}]") for j, spec in enumerate(specs)]
   return modules[0] if len(modules) == 1 else Stack(tuple(modules))
 
 
@@ -131,7 +112,7 @@ def _filled(tree: Any, rng: np.random.Generator) -> Any:
   (biases, BatchNorm statistics).
 
   The values do not change the cost. NumPy draws them because a `jax.random` kernel is compiled for
-  every new shape, which takes 1-2 s each on a loaded CPU: longer than the rest of a small table.
+  every new shape, which takes longer than the rest of a small table.
   """
 
   def fill(leaf):
@@ -177,20 +158,20 @@ def block_subject(
 
 def model_inputs(config: ml_collections.ConfigDict) -> tuple[Any, Any, dict, np.random.Generator]:
   """(plan, initial train state, one random batch, the generator past it) for the config's model at
-  `config.data.batch_size`: the batch is NumPy's `standard_normal` images (float32) and `integers`
+  the plan's batch size: the batch is NumPy's `standard_normal` images (float32) and `integers`
   labels (int32) from `config.seed`, of the dataset's shape (no data is read, nothing is
   prepared). A model too large for memory is refused from its shapes first. The one setup of
-  `model_subject` and of the PyTorch twin (`measure.peer`)."""
-  # TFDS and Orbax take 1.5 s to import: only for models.
+  `model_subject` and of the PyTorch twin (`measure.twin_step`)."""
+  # TFDS and Orbax are slow to import: only for models.
   from research.training import memory
   from research.training import plan as plan_lib
   from research.training import state as state_lib
 
   plan = plan_lib.make_plan(config, static=True)
-  memory.check(plan, config.data.batch_size)  # Refused from shapes, before anything is allocated.
+  memory.check(plan, plan.batch_size)  # Refused from shapes, before anything is allocated.
   state = state_lib.create_train_state(plan.model, plan.tx, config.seed, plan.dataset.shape)
   rng = np.random.default_rng(config.seed)  # NumPy: see `_filled`.
-  batch_shape = (config.data.batch_size, *plan.dataset.shape)
+  batch_shape = (plan.batch_size, *plan.dataset.shape)
   batch = {
     "image": rng.standard_normal(batch_shape).astype(np.float32),
     "label": rng.integers(0, plan.dataset.num_classes, batch_shape[:1]).astype(np.int32),
@@ -199,7 +180,7 @@ def model_inputs(config: ml_collections.ConfigDict) -> tuple[Any, Any, dict, np.
 
 
 def model_subject(config: ml_collections.ConfigDict) -> Subject:
-  """The config's model (`training.plan.make_plan`) at `config.data.batch_size`, on one random batch
+  """The config's model (`training.plan.make_plan`) at the plan's batch size, on one random batch
   of its dataset's shape (`model_inputs`); the train step is `training.state.train_step` itself,
   unjitted."""
   from research.training import state as state_lib
@@ -217,7 +198,7 @@ def model_subject(config: ml_collections.ConfigDict) -> Subject:
   passes["train_step"] = (state_lib.train_step, (state, batch))
   params = flops.param_count(variables)
   opt = flops.optimizer_flops(config.optimizer.name, params, config.optimizer.get("momentum"))
-  return Subject(config.model.name, found, flops.totals(found, params, opt), passes, plan.model)
+  return Subject(config.model.name, found, flops.totals(found, params, opt), passes, plan)
 
 
 def optimizer(

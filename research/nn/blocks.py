@@ -1,51 +1,43 @@
 """Convolutional blocks by name: pure Flax (linen) modules over the project's one `conv`.
 
 Every block maps `[batch, *spatial, c_in]` to `[batch, *out_spatial, features]` in 1, 2 or 3 spatial
-dimensions, and shares the fields `features`, `strides`, `activation` (a callable, applied last) and
-`norm` (BatchNorm after each convolution; convolutions then drop their bias). Blocks with a spatial
-window also take `kernel_size`, `padding` and `dilation`;
-`out_spatial = shapes.conv_output_shape(...)` in each. `make_block(name, ...)` builds any of them
-from one set of arguments, so a model can swap every KxK convolution for its factorized, bottleneck,
-separable or pointwise form by one config value.
+dimensions, and has the fields `features`, `strides`, `activation` (a callable, applied last),
+`norm` (BatchNorm after each convolution; convolutions then drop their bias) and `lowering`. Blocks
+with a spatial window (`SpatialBlock`) also take `kernel_size`, `padding` and `dilation`;
+`out_spatial = shapes.conv_output_shape(...)` in each.
+
+A model takes its block as a callable (`ModuleDef`: a class here, or a `functools.partial` of one
+with its fields bound, as Flax's imagenet example takes `block_cls`) and calls it as
+`block(features, strides=...)`, so one value swaps every KxK convolution for its factorized,
+bottleneck, separable or pointwise form. Names exist only at the config edge: `BLOCKS` maps them to
+the classes, `build_block` makes a block from a config's spec (`models.build_model` a model).
 
 Parameter counts (K = kernel taps per axis, d = spatial dims, biases without `norm`):
   conv        K^d Cin Cout / groups + Cout
   factorized  (2-d) K Cin Cmid + Cmid + K Cmid Cout + Cout
   pointwise   Cin Cout + Cout
-  bottleneck  Cin Cmid + Cmid + K^d Cmid Cmid + Cmid + Cmid Cout + Cout  (inner `conv`)
+  bottleneck  Cin Cmid + Cmid + K^d Cmid Cmid + Cmid + Cmid Cout + Cout  (inner `ConvBlock`)
   separable   K^d Cin m + Cin m + Cin m Cout + Cout                      (depth multiplier m)
 """
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from research.config import positive_int
+from research.errors import ConfigError
+from research.nn import activations, shapes
 from research.nn import conv as conv_lib
-from research.nn import shapes
 from research.nn.activations import Activation, identity
 from research.registry import lookup
 
 IntOrSeq = int | Sequence[int]
-# Fields a model hands every block (and head) alike: a block without a spatial window ignores
-# `kernel_size`, `padding` and `dilation`; a GAP head ignores `hidden` and `activation`. Any other
-# field a block does not have is an error (a misspelt field must not be silently dropped).
-SHARED_FIELDS = frozenset(
-  {
-    "kernel_size",
-    "strides",
-    "padding",
-    "dilation",
-    "activation",
-    "norm",
-    "hidden",
-    "lowering",
-    "reduction",
-  }  # fmt: skip
-)
+# A module class, or a `functools.partial` of one with some fields bound: what a model or a block
+# takes where it builds a sub-module, called with the remaining fields (Flax imagenet's ModuleDef).
+ModuleDef = Callable[..., nn.Module]
 
 
 def _check_features(features: int, field: str = "features") -> None:
@@ -149,7 +141,7 @@ class Factorized(SpatialBlock):
 
   Axis i's convolution carries axis i's kernel size, stride, dilation and padding. The intermediate
   maps have `mid_features` channels (default `min(c_in, features)`, the cheaper choice; at equal
-  widths the pair costs 2K/K^2 of the full conv, 6/9 for K = 3) and pass through `mid_activation`
+  widths the pair costs 2K/K^2 of the full conv) and pass through `mid_activation`
   (default none, so the pair is linear: kernels u (Kx1) and v (1xK) equal one KxK conv with
   kernel u v^T) and, with `norm`, BatchNorm. Then [BatchNorm] -> activation.
   """
@@ -203,8 +195,8 @@ class Pointwise(nn.Module):
 
 
 class Bottleneck(SpatialBlock):
-  """1x1 reduce to `mid_features` -> act -> KxK (`inner` block) -> act
-  -> 1x1 expand to `features` [+ x] -> act.
+  """1x1 reduce to `mid_features` -> act -> KxK (the `inner` block, with this block's window)
+  -> act -> 1x1 expand to `features` [+ x] -> act.
 
   `mid_features` defaults to `max(1, features // reduction)` (ResNet's 4). With `residual`, the
   input is added before the last activation, through a strided 1x1 projection when the shapes
@@ -213,7 +205,7 @@ class Bottleneck(SpatialBlock):
 
   mid_features: int | None = None
   reduction: int = 4
-  inner: str = "conv"
+  inner: ModuleDef = ConvBlock  # A block with a window (a `SpatialBlock`), given this one's.
   residual: bool = False
 
   @nn.compact
@@ -224,8 +216,7 @@ class Bottleneck(SpatialBlock):
     )
     _check_features(mid, "mid_features")
     y = Pointwise(mid, activation=self.activation, norm=self.norm, lowering=self.lowering)(x, train)
-    y = make_block(
-      self.inner,
+    y = self.inner(
       mid,
       kernel_size=self.kernel_size,
       strides=self.strides,
@@ -234,7 +225,6 @@ class Bottleneck(SpatialBlock):
       activation=self.activation,
       norm=self.norm,
       lowering=self.lowering,
-      key="inner",
     )(y, train)
     y = Pointwise(self.features, activation=identity, norm=self.norm, lowering=self.lowering)(
       y, train
@@ -284,68 +274,6 @@ class Separable(SpatialBlock):
     return self.activation(_norm(x, self.norm, train))
 
 
-def fields(cls: type[nn.Module]) -> set[str]:
-  """The fields a block or head class takes (Flax's `parent` and `name` aside)."""
-  return {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
-
-
-def make(
-  registry: Mapping[str, type[nn.Module]], name: str, key: str, kind: str, **kwargs
-) -> nn.Module:
-  """The module called `name` in `registry` (`kind`: "block" or "head"),
-  with `kwargs` as its fields.
-
-  Of the `SHARED_FIELDS`, those the module does not have are dropped (a pointwise block has no
-  `kernel_size`); any other field it does not have is a `TypeError`. `key` names the config field
-  for an unknown name.
-  """
-  cls = lookup(registry, name, key, kind)
-  own = fields(cls)
-  unknown = sorted(set(kwargs) - own - SHARED_FIELDS)
-  if unknown:
-    raise TypeError(
-      f"{kind} {name!r} ({cls.__name__}) has no field {unknown[0]!r}; "
-      f"it has: {', '.join(sorted(own))}"
-    )
-  return cls(**{k: v for k, v in kwargs.items() if k in own})
-
-
-def make_block(name: str, features: int, key: str = "model.block", **kwargs) -> nn.Module:
-  """`make(BLOCKS, ...)`: any block with `features` outputs from one set of arguments."""
-  return make(BLOCKS, name, key, "block", features=features, **kwargs)
-
-
-class DenseHead(nn.Module):
-  """Flatten -> dense `hidden` -> activation -> dense `num_classes`: `[b, *s, c]`
-  -> logits `[b, num_classes]`."""
-
-  num_classes: int
-  hidden: int = 256
-  activation: Activation = nn.relu
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    x = x.reshape((x.shape[0], -1))
-    x = self.activation(nn.Dense(self.hidden)(x))
-    return nn.Dense(self.num_classes)(x)
-
-
-class GAPHead(nn.Module):
-  """Network-in-Network head: 1x1 conv to `num_classes` -> global average pool: `[b, *s, c]`
-  -> `[b, classes]`.
-
-  Both steps are linear, so this equals ResNet's global-average-pool
-  -> dense with the same parameters.
-  """
-
-  num_classes: int
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
-    x = Conv(self.num_classes, 1, padding="VALID")(x)
-    return x.mean(axis=tuple(range(1, x.ndim - 1)))
-
-
 BLOCKS: dict[str, type[nn.Module]] = {
   "conv": ConvBlock,
   "factorized": Factorized,
@@ -353,4 +281,30 @@ BLOCKS: dict[str, type[nn.Module]] = {
   "bottleneck": Bottleneck,
   "separable": Separable,
 }
-HEADS: dict[str, type[nn.Module]] = {"dense": DenseHead, "gap": GAPHead}
+
+
+def fields(cls: type[nn.Module]) -> set[str]:
+  """The fields a module class takes (Flax's `parent` and `name` aside)."""
+  return {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
+
+
+def build_block(spec: Mapping[str, Any], features: int, key: str) -> nn.Module:
+  """The block a config's `spec` describes: `{"name": ..., **fields}`, the activations
+  (`activation`, `mid_activation`) and the bottleneck's `inner` block also by name; `features`
+  output channels unless `spec` sets them. An unknown name or field is a `ConfigError` naming
+  `<key>.<field>`."""
+  spec = dict(spec)
+  cls = lookup(BLOCKS, spec.pop("name", None), f"{key}.name", "block")
+  own = fields(cls)
+  unknown = sorted(set(spec) - own)
+  if unknown:
+    raise ConfigError(
+      f"{key}.{unknown[0]}",
+      f"block {cls.__name__} has no such field; it has: {', '.join(sorted(own))}",
+    )
+  for field in ("activation", "mid_activation"):
+    if isinstance(spec.get(field), str):
+      spec[field] = activations.get(spec[field], f"{key}.{field}")
+  if isinstance(spec.get("inner"), str):
+    spec["inner"] = lookup(BLOCKS, spec["inner"], f"{key}.inner", "block")
+  return cls(**{"features": features, **spec})

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from research.nn import lowering as lowering_lib
-from research.nn import shapes
+from research.nn import lowering_table, shapes
 
 LOWERING_NAMES = (*lowering_lib.LOWERINGS, "auto")
 
@@ -56,7 +56,9 @@ def conv(
   if lowering == "auto":
     dtype = jnp.result_type(x.dtype, kernel.dtype)
     lowering = lowering_lib.choose(
-      jax.default_backend(), x.shape, kernel.shape, strides, padding, dilation, groups, dtype
+      lowering_table.Convolution(
+        jax.default_backend(), x.shape, kernel.shape, strides, padding, dilation, groups, dtype
+      )
     )
   return lowering_lib.LOWERINGS[lowering](
     x, kernel, strides=strides, padding=padding, dilation=dilation, groups=groups

@@ -20,17 +20,12 @@ Groups are a batch dimension of the contraction (channels reshaped to `[groups, 
 precision inputs are accumulated in float32, as XLA's convolution does.
 
 `choose` picks a lowering per (platform, shapes, strides, padding, dilation, groups, dtype) from a
-JSON cache table, measuring the three with `measure` the first time a key is seen; see `choose`
-for the table's path and format.
+cache table (`nn.lowering_table`), measuring the three with `measure` (the project's one timing
+harness, `research.measure.timing`) the first time a key is seen.
 """
 
 import itertools
-import json
 import logging
-import os
-import statistics
-import tempfile
-import time
 from collections.abc import Callable, Sequence
 
 import jax
@@ -38,14 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from research.nn import shapes
+from research.errors import first_line
+from research.measure import timing  # Imports nothing of `research.nn`: no cycle.
+from research.nn import lowering_table, shapes
 
 logger = logging.getLogger(__name__)
 
 _SPATIAL = {1: "W", 2: "HW", 3: "DHW"}
-
-TABLE_ENV = "CONVLAB_LOWERING_TABLE"
-TABLE_FORMAT = 1
 
 Lowering = Callable[..., jnp.ndarray]
 
@@ -183,185 +177,69 @@ def im2col(
 LOWERINGS: dict[str, Lowering] = {"native": native, "shifted": shifted, "im2col": im2col}
 
 
-def default_table_path() -> str:
-  """`$CONVLAB_LOWERING_TABLE` if set, else `$XDG_CACHE_HOME/convlab/lowering.json`
-  (`XDG_CACHE_HOME` defaults to `~/.cache`)."""
-  path = os.environ.get(TABLE_ENV)
-  if path:
-    return path
-  cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  return os.path.join(cache, "convlab", "lowering.json")
-
-
-def _ints(values: Sequence[int]) -> str:
-  return ",".join(str(int(v)) for v in values)
-
-
-def table_key(
-  platform: str,
-  x_shape: Sequence[int],
-  kernel_shape: Sequence[int],
-  strides: int | Sequence[int],
-  padding: shapes.Padding,
-  dilation: int | Sequence[int],
-  groups: int,
-  dtype,
-) -> str:
-  """The table's key for one convolution, with ints broadcast per axis and padding upper-cased,
-  e.g. `cpu|x=2,8,8,4|kernel=3,3,2,6|strides=1,1|padding=SAME|dilation=1,1|groups=2|dtype=float32`;
-  explicit padding reads `padding=1:1,0:2` ((lo, hi) per axis)."""
-  ndim = len(kernel_shape) - 2
-  pad = shapes.explicit_padding(padding, ndim)
-  pad_text = pad if isinstance(pad, str) else ",".join(f"{lo}:{hi}" for lo, hi in pad)
-  return "|".join(
-    [
-      platform,
-      f"x={_ints(x_shape)}",
-      f"kernel={_ints(kernel_shape)}",
-      f"strides={_ints(shapes.as_tuple(strides, ndim, 'strides'))}",
-      f"padding={pad_text}",
-      f"dilation={_ints(shapes.as_tuple(dilation, ndim, 'dilation'))}",
-      f"groups={int(groups)}",
-      f"dtype={jnp.dtype(dtype).name}",
-    ]
-  )
-
-
-def load_table(path: str) -> dict[str, dict]:
-  """The entries of the table at `path`; empty if it is missing, or (with a warning) unreadable or
-  not a table."""
-  try:
-    with open(path, encoding="utf-8") as f:
-      table = json.load(f)
-  except FileNotFoundError:
-    logger.info("no lowering table at %s yet; starting an empty one", path)
-    return {}
-  except (OSError, ValueError) as e:
-    logger.warning("lowering table %s is unreadable (%s); starting an empty one", path, e)
-    return {}
-  if not (
-    isinstance(table, dict)
-    and table.get("format") == TABLE_FORMAT
-    and isinstance(table.get("entries"), dict)
-  ):
-    logger.warning(
-      "lowering table %s is not a format-%d table; starting an empty one", path, TABLE_FORMAT
-    )
-    return {}
-  return table["entries"]
-
-
-def _recorded(entries: dict[str, dict], key: str, path: str) -> str | None:
-  """The choice recorded for `key`, or None if absent or (with a warning) invalid."""
-  entry = entries.get(key)
-  if entry is None:
-    return None
-  if isinstance(entry, dict) and entry.get("choice") in LOWERINGS:
-    return entry["choice"]
-  logger.warning("lowering table %s has an invalid entry for %s: %r", path, key, entry)
-  return None
-
-
-def _write_table(path: str, entries: dict[str, dict]) -> None:
-  """Writes the table atomically: a temporary file in the same folder, then `os.replace`."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".lowering-", suffix=".json.tmp")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      json.dump({"format": TABLE_FORMAT, "entries": entries}, f, indent=1, sort_keys=True)
-      f.write("\n")
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
-
-
 def measure(
-  platform: str,
-  x_shape: Sequence[int],
-  kernel_shape: Sequence[int],
-  strides: int | Sequence[int],
-  padding: shapes.Padding,
-  dilation: int | Sequence[int],
-  groups: int,
-  dtype,
+  c: lowering_table.Convolution,
   *,
   warmup: int = 2,
-  repeats: int = 5,
+  repeats: int = timing.MIN_REPEATS,
 ) -> dict[str, float]:
   """Seconds per call of each lowering on `platform`'s first device: the median of `repeats`
-  timed calls (after `warmup` untimed ones, the first of which compiles) of the jitted forward
-  pass and gradient of `sum(y)` wrt x and kernel (the forward pass alone for integer dtypes), on
-  arrays of ones.
+  timed calls (after `warmup` untimed ones, the first of which compiles; the three take turns,
+  `timing.measure_interleaved`) of the jitted forward pass and gradient of `sum(y)` wrt x and
+  kernel (the forward pass alone for integer dtypes), on arrays of ones.
 
   Safe to call while tracing (as `conv(lowering="auto")` does inside `jit`): it runs under
   `jax.ensure_compile_time_eval`, on concrete arrays.
   """
-  device = jax.devices(platform)[0]
-  dtype = jnp.dtype(dtype)
-  seconds = {}
+  device = jax.devices(c.platform)[0]
+  dtype = jnp.dtype(c.dtype)
   with jax.ensure_compile_time_eval():
-    x = jax.device_put(np.ones(x_shape, dtype), device)
-    kernel = jax.device_put(np.ones(kernel_shape, dtype), device)
+    x = jax.device_put(np.ones(c.x_shape, dtype), device)
+    kernel = jax.device_put(np.ones(c.kernel_shape, dtype), device)
+    if isinstance(x, jax.core.Tracer):  # Then every call below would be traced, not run.
+      raise RuntimeError("measure ran inside a trace: it would time tracing, not running")
+    calls = {}
     for name, fn in LOWERINGS.items():
 
       def loss(x, kernel, fn=fn):
-        y = fn(x, kernel, strides=strides, padding=padding, dilation=dilation, groups=groups)
+        y = fn(
+          x, kernel, strides=c.strides, padding=c.padding, dilation=c.dilation, groups=c.groups
+        )
         return jnp.sum(y)
 
-      if jnp.issubdtype(dtype, jnp.inexact):
-        step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
-      else:
-        step = jax.jit(loss)
-      for _ in range(warmup):
-        out = jax.block_until_ready(step(x, kernel))
-        if any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves(out)):
-          raise RuntimeError("measure ran inside a trace: it would time tracing, not running")
-      times = []
-      for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(step(x, kernel))
-        times.append(time.perf_counter() - start)
-      seconds[name] = statistics.median(times)
-  return seconds
+      grad = jax.value_and_grad(loss, argnums=(0, 1))
+      calls[name] = (jax.jit(grad if jnp.issubdtype(dtype, jnp.inexact) else loss), (x, kernel))
+    times = timing.measure_interleaved(calls, warmup=warmup, repeats=repeats)
+  return {name: t.median for name, t in times.items()}
 
 
 def choose(
-  platform: str,
-  x_shape: Sequence[int],
-  kernel_shape: Sequence[int],
-  strides: int | Sequence[int],
-  padding: shapes.Padding,
-  dilation: int | Sequence[int],
-  groups: int,
-  dtype,
+  c: lowering_table.Convolution,
   table_path: str | None = None,
+  timer: Callable[..., dict[str, float]] = measure,
 ) -> str:
-  """The lowering recorded for this convolution in the table at `table_path`
-  (default `default_table_path()`); if it has none, `measure`s the three, records the fastest and
-  returns it. A key present in the table is never measured again.
-
-  The table is JSON, `{"format": 1, "entries": {KEY: ENTRY}}`, KEY from `table_key` and ENTRY
-  `{"choice": NAME, "seconds": {NAME: median seconds, ...}, "jax": version}`. It is rewritten
-  atomically; a missing or unreadable one is started afresh (with a warning if unreadable), and
-  if it cannot be written the choice is still returned (with a warning).
+  """The lowering recorded for this convolution in the table at `table_path` (default
+  `lowering_table.default_table_path()`; its format is there); if it has none, measures the three
+  with `timer(c)` (`measure`), records the
+  fastest and returns it. A key present in the table is never measured again. If the table cannot
+  be written the choice is still returned (with a warning).
   """
-  path = table_path or default_table_path()
-  key = table_key(platform, x_shape, kernel_shape, strides, padding, dilation, groups, dtype)
-  choice = _recorded(load_table(path), key, path)
+  path = table_path or lowering_table.default_table_path()
+  key = lowering_table.table_key(c)
+  choice = lowering_table.recorded(lowering_table.load_table(path), key, path, LOWERINGS)
   if choice is not None:
     return choice
-  seconds = measure(platform, x_shape, kernel_shape, strides, padding, dilation, groups, dtype)
+  seconds = timer(c)
   choice = min(seconds, key=seconds.get)
   logger.info("lowering for %s: %s (seconds %s)", key, choice, seconds)
-  entries = load_table(path)  # Again: another process may have written meanwhile.
-  recorded = _recorded(entries, key, path)
+  entries = lowering_table.load_table(path)  # Again: another process may have written meanwhile.
+  recorded = lowering_table.recorded(entries, key, path, LOWERINGS)
   if recorded is not None:
     return recorded
   entries[key] = {"choice": choice, "seconds": seconds, "jax": jax.__version__}
   try:
-    _write_table(path, entries)
+    lowering_table.write_table(path, entries)
   except OSError as e:
-    logger.warning("cannot write lowering table %s (%s); %s is not recorded", path, e, key)
+    message = "cannot write lowering table %s (%s); %s is not recorded"
+    logger.warning(message, path, first_line(e), key)
   return choice

@@ -28,7 +28,7 @@ import os
 import jax.numpy as jnp
 import numpy as np
 
-from research.errors import DataError, UserError
+from research.errors import DataError, UserError, first_line
 from research.nn import conv as conv_lib
 
 SAMPLE_IMAGE = "china.jpg"  # A photograph scikit-learn ships (sklearn.datasets.load_sample_image).
@@ -181,11 +181,9 @@ def load_image(path: str | None = None) -> np.ndarray:
       "or leave --image out to use the sample photograph"
     ) from None
   except Exception as e:  # Damaged files Pillow decodes with ValueError, SyntaxError, EOFError, ...
-    lines = str(e).strip().splitlines()
-    detail = f"{type(e).__name__}: {lines[0][:120]}" if lines else type(e).__name__
     raise DataError(
-      f"could not read image {path!r} (damaged or unsupported: {detail}); pass --image=PATH to a "
-      "PNG or JPEG file, or leave --image out to use the sample photograph"
+      f"could not read image {path!r} (damaged or unsupported: {first_line(e, limit=140)}); "
+      "pass --image=PATH to a PNG or JPEG file, or leave --image out to use the sample photograph"
     ) from None
   return pixels.astype(np.float32) / 255.0
 

@@ -22,7 +22,7 @@ Who writes what (the workdir must be one folder that every process sees, e.g. NF
                    each global batch's shards on its own devices (`global_array`)
 Every process computes the same data order (a function of seed and epoch), so they agree on it
 without talking. A stop signal (SIGTERM, Ctrl-C) to any process stops them all at the same step,
-saved: they agree every `train.STOP_AGREEMENT_STEPS` steps and at each epoch's end.
+saved: they agree every `stopping.AGREEMENT_STEPS` steps and at each epoch's end.
 """
 
 import logging
@@ -38,7 +38,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from research.config import is_int
-from research.errors import ConfigError, UserError
+from research.errors import ConfigError, UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +89,27 @@ def settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return found
 
 
+def defaults() -> ml_collections.ConfigDict:
+  """The `distributed` config section at its defaults: the one place they are written
+  (`experiments/default.py` uses it; a config without the section gets it here).
+
+  None means: from the environment variable (`ENV`); none set, one process."""
+  from ml_collections import config_dict
+
+  section = ml_collections.ConfigDict()
+  section.coordinator = config_dict.placeholder(str)  # host:port of process 0.
+  section.num_processes = config_dict.placeholder(int)
+  section.process_id = config_dict.placeholder(int)  # This process's, from 0.
+  # True: JAX finds what is unset from the cluster (SLURM, Open MPI, Kubernetes, Cloud TPU pods).
+  section.cluster_detection = False
+  section.timeout_seconds = 300  # How long a process waits for the others to join.
+  return section
+
+
 def _section(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`config.distributed`, its missing keys at their defaults (`experiments/default.py`)."""
-  section = ml_collections.ConfigDict(
-    {
-      "coordinator": None,
-      "num_processes": None,
-      "process_id": None,
-      "cluster_detection": False,
-      "timeout_seconds": 300,
-    }
-  )
+  """`config.distributed`, its missing keys at their `defaults` (untyped: `settings` checks the
+  values, naming the key)."""
+  section = ml_collections.ConfigDict(defaults().to_dict())
   for key, value in (config.get("distributed") or {}).items():
     section[key] = value
   return section
@@ -125,10 +135,10 @@ def initialize(config: ml_collections.ConfigDict) -> bool:
       initialization_timeout=section.timeout_seconds,
     )
   except Exception as e:  # JAX raises RuntimeError, ValueError or XlaRuntimeError here.
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise UserError(
       f"could not join the processes of this run (coordinator {found['coordinator']}, "
-      f"{found['num_processes']} processes, this one {found['process_id']}): {text}"
+      f"{found['num_processes']} processes, this one {found['process_id']}): "
+      f"{first_line(e, with_type=False)}"
     ) from None
   if is_writer():
     log.info(

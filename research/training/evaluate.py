@@ -17,12 +17,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from research.data import pipeline as data
+from research.data import batches, splits
 from research.errors import CheckpointError, CheckpointGone
-from research.training import checkpoint
+from research.training import checkpoint, integrity
 from research.training.distributed import global_array
 from research.training.plan import Plan, make_plan
-from research.training.state import TrainState, eval_step
+from research.training.state import TrainState, eval_step, grad_norms, layer_paths
 
 log = logging.getLogger(__name__)
 READ_ATTEMPTS = 5  # Newest checkpoints tried in turn while a live run deletes old ones.
@@ -30,18 +30,18 @@ READ_ATTEMPTS = 5  # Newest checkpoints tried in turn while a live run deletes o
 Evaluator = Callable[[TrainState], dict]  # state -> {"test_loss", "test_accuracy"}
 
 
-def make_evaluator(plan: Plan, test: data.Split, stats, batch_size: int) -> Evaluator:
+def make_evaluator(plan: Plan, test: splits.Split, stats) -> Evaluator:
   """A function of the state: mean loss and accuracy over every test example exactly once.
 
-  `stats` are the training split's (mean, std) per channel (`data.normalizer`); the last batch of
-  `batch_size` is padded and masked.
+  `stats` are the training split's (mean, std) per channel (`splits.normalizer`); the last batch of
+  `plan.eval_batch_size` is padded and masked.
   """
   replicated, split_batch = plan.shardings()
   eval_fn = jax.jit(eval_step, in_shardings=(replicated, split_batch), out_shardings=replicated)
 
   def evaluate(state: TrainState) -> dict:
     totals = None
-    for batch in data.eval_batches(test, stats, batch_size):
+    for batch in batches.eval_batches(test, stats, plan.eval_batch_size):
       sums = eval_fn(state, jax.tree.map(lambda x: global_array(x, split_batch), batch))
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
@@ -53,6 +53,28 @@ def make_evaluator(plan: Plan, test: data.Split, stats, batch_size: int) -> Eval
   return evaluate
 
 
+def with_grad_norms(
+  evaluate: Evaluator, plan: Plan, state: TrainState, split: dict[str, jax.Array]
+) -> Evaluator:
+  """`evaluate` that also gives `grad_norm/<layer>`: the norm of the loss gradient with respect to
+  each layer's parameters (`training.state.grad_norms`, input to output), on a fixed probe batch,
+  the first `plan.batch_size` examples of the normalized training `split` (on the devices)."""
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  batch_size = plan.batch_size
+  paths = tuple(layer_paths(plan.model, variables, (batch_size, *plan.dataset.shape)))
+  probe = {"image": split["image"][:batch_size], "label": split["label"][:batch_size]}
+  norms_fn = jax.jit(grad_norms, static_argnums=2)
+
+  def evaluate_with_norms(state: TrainState) -> dict:
+    norms = jax.device_get(norms_fn(state, probe, paths))
+    return {
+      **evaluate(state),
+      **{f"grad_norm/{'/'.join(p)}": float(norms["/".join(p)]) for p in paths},
+    }
+
+  return evaluate_with_norms
+
+
 def evaluate_checkpoint(workdir: str, step: int | None = None) -> dict:
   """`step`, `epoch`, `batch_in_epoch`, `test_loss` and `test_accuracy` of checkpoint `step` in
   `workdir`.
@@ -61,7 +83,7 @@ def evaluate_checkpoint(workdir: str, step: int | None = None) -> dict:
   skipped).
   """
   workdir = os.path.abspath(workdir)
-  available = checkpoint.steps(workdir)
+  available = integrity.steps(workdir)
   if not available:
     raise CheckpointError(
       f"no checkpoint in {checkpoint.directory(workdir)}; train into this workdir "
@@ -74,7 +96,7 @@ def evaluate_checkpoint(workdir: str, step: int | None = None) -> dict:
     )
   with tempfile.TemporaryDirectory(prefix="convlab-eval-") as scratch:
     for attempt in range(1, READ_ATTEMPTS + 1):
-      chosen = step if step is not None else checkpoint.latest_valid(workdir, quarantine=False)
+      chosen = step if step is not None else integrity.latest_valid(workdir, quarantine=False)
       if chosen is None:
         raise CheckpointError(f"no checkpoint left in {checkpoint.directory(workdir)}")
       try:
@@ -89,7 +111,7 @@ def evaluate_checkpoint(workdir: str, step: int | None = None) -> dict:
           ) from None
         log.info(f"{e}; evaluating the newest checkpoint instead.")
         continue
-      reason = checkpoint.verify(copy)
+      reason = integrity.verify(copy)
       if reason is not None:
         raise CheckpointError(
           f"checkpoint {os.path.join(checkpoint.directory(workdir), str(chosen))} is corrupt: "
@@ -98,15 +120,11 @@ def evaluate_checkpoint(workdir: str, step: int | None = None) -> dict:
       meta = checkpoint.read_meta(workdir, chosen, path=copy)
       config = ml_collections.ConfigDict(meta["config"])
       plan = make_plan(config)
-      state, _ = checkpoint.restore(
-        workdir, chosen, target=plan.initial_state(config.seed), path=copy
-      )
+      state, _ = checkpoint.restore(workdir, chosen, target=plan.abstract_state(), path=copy)
       break
   step = chosen
-  train, test = data.load(config)
-  evaluate = make_evaluator(
-    plan, test, data.normalizer(train, plan.dataset.pixel_max), config.data.eval_batch_size
-  )
+  train, test = splits.load(config)
+  evaluate = make_evaluator(plan, test, splits.normalizer(train, plan.dataset.pixel_max))
   return {
     "step": step,
     "epoch": meta["epoch"],

@@ -18,16 +18,22 @@ compares it with the compiled step's own memory analysis): enough to refuse a mo
 fit before minutes are spent compiling it, not to plan to the last megabyte.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import os
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from research.errors import ConfigError
-from research.training.plan import Plan
-from research.training.state import create_train_state, loss_fn
+from research.nn import heads
+from research.training.state import loss_fn
+
+if TYPE_CHECKING:  # The plan carries the estimate (`training.plan`): the type only, no cycle.
+  from research.training.plan import Plan
 
 GiB = 2**30
 
@@ -68,7 +74,7 @@ def estimate(plan: Plan, batch_size: int) -> Estimate:
   """The memory one device needs to train `plan`'s model on its share of a batch of
   `batch_size` examples, from shapes alone."""
   shape = tuple(plan.dataset.shape)
-  state = jax.eval_shape(lambda: create_train_state(plan.model, plan.tx, 0, shape))
+  state = plan.abstract_state()
   per_device = -(-batch_size // len(plan.devices))
   batch = {
     "image": jax.ShapeDtypeStruct((per_device, *shape), jnp.float32),
@@ -114,7 +120,8 @@ def check(plan: Plan, batch_size: int, seeds: int = 1) -> Estimate:
 def _size_keys(plan: Plan) -> str:
   """The model fields that set its size, as config keys (`model.widths, model.hidden`)."""
   keys = [f"model.{k}" for k in ("widths", "stage_sizes", "stem_width") if hasattr(plan.model, k)]
-  if getattr(plan.model, "head", None) == "dense":
+  head = getattr(plan.model, "head", None)
+  if getattr(head, "func", head) is heads.DenseHead:  # The class, or a functools.partial of it.
     keys.append("model.hidden")
   return ", ".join(keys) or "model.*"
 

@@ -88,9 +88,9 @@ class MetricWriter:
     self._file = open(os.path.join(workdir, METRICS_FILE), "a")
     self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
 
-  def write(self, record: dict, timing: dict) -> None:
-    """`record`: deterministic metrics (to every sink); `timing`: seconds and rates
-    (stdout, TensorBoard)."""
+  def write(self, record: dict, timing: dict, compiling: bool = False) -> None:
+    """`record`: deterministic metrics (to every sink); `timing`: seconds and rates (stdout,
+    TensorBoard); `compiling`: the epoch's time includes compiling the step (said on its line)."""
     # One write() of the whole line, then on disk: only the last line of the file can be torn.
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
@@ -103,9 +103,20 @@ class MetricWriter:
       f"{self._label}epoch {record['epoch']:4d}  step {record['step']:7d}  "
       f"train_loss {record['train_loss']:.4f}  test_loss {record['test_loss']:.4f}  "
       f"test_accuracy {100 * record['test_accuracy']:6.2f}%  "
-      f"({timing['epoch_seconds']:.2f} s, {timing['train_examples_per_second']:.0f} examples/s)"
+      f"({timing['epoch_seconds']:.2f} s, {timing['train_examples_per_second']:.0f} examples/s"
+      + (", compiling included)" if compiling else ")")
     )
 
   def close(self) -> None:
     self._file.close()
     self._tb.close()
+
+
+class NoWriter:
+  """The metrics sink of a process other than 0, which writes no file and no line."""
+
+  def write(self, record: dict, timing: dict, compiling: bool = False) -> None:
+    pass
+
+  def close(self) -> None:
+    pass

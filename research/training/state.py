@@ -113,9 +113,10 @@ def parallel_steps(states: list[TrainState], split: dict, orders: list) -> list:
   call: `[(state, metrics)]` in order.
 
   The steps are written out one after another (unrolled): each seed gets the numbers of its own
-  run, bit for bit (`tests/training/test_seeds.py`), and on CPU they cost 0.78-0.88x as many
-  separate calls, where `vmapped_steps` (every convolution then a grouped one) cost 1.6-2.7x
-  (`run.py bench --seeds`). The training loop's formulation on CPU (`seeds_formulation`).
+  run, bit for bit (`tests/training/test_seeds.py`). On CPU this is cheaper than as many separate
+  calls, and cheaper than `vmapped_steps`, whose convolutions become grouped ones: `run.py bench
+  --seeds=N` measures both, and the README's Speed section has the figures. The training loop's
+  formulation on CPU (`seeds_formulation`).
   """
   return [indexed_train_step(state, split, order) for state, order in zip(states, orders)]
 

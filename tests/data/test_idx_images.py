@@ -1,4 +1,4 @@
-"""Datasets prepared from IDX files (`data.datasets.idx_images` through `data.pipeline`): offline,
+"""Datasets prepared from IDX files (`data.datasets.idx_images` through `data.prepare`): offline,
 once, in the files' order; missing or bad files and interrupted preparations; the real
 Fashion-MNIST where Debian's package is installed."""
 
@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from research.data import idx, pipeline
+from research.data import idx, prepare, splits
 from research.data.datasets import idx_images
 from research.errors import DataError
 
@@ -43,14 +43,14 @@ def small_mnist(tmp_path, monkeypatch):
 
 def test_prepares_once_from_the_idx_files_keeping_their_order(small_mnist, caplog):
   config, arrays = small_mnist
-  info = pipeline.info(config)
+  info = splits.info(config)
   assert (info.name, info.shape, info.num_classes, info.num_train, info.num_test) == (
     "mnist_idx", (28, 28, 1), 10, 50, 20,
   )  # fmt: skip
   assert info.pixel_max == 255
   assert f"Preparing mnist_idx from the IDX files in {config.data.source_dir}" in caplog.text
   caplog.clear()
-  train, test = pipeline.load(config)  # Prepared already: read, not prepared again.
+  train, test = splits.load(config)  # Prepared already: read, not prepared again.
   assert "Preparing" not in caplog.text
   for split, got in (("train", train), ("test", test)):
     images, labels = arrays[split]
@@ -64,7 +64,7 @@ def test_an_interrupted_preparation_is_never_read_and_the_next_run_prepares_agai
   script = textwrap.dedent(f"""
     import os, signal, sys
     sys.path.insert(0, {ROOT!r})
-    from research.data import pipeline
+    from research.data import prepare
     from research.data.datasets import idx_images
     from support import load
     idx_images.MnistIdx.NUM_EXAMPLES = {SMALL!r}
@@ -75,8 +75,8 @@ def test_an_interrupted_preparation_is_never_read_and_the_next_run_prepares_agai
           os.kill(os.getpid(), signal.SIGKILL)
         yield i, example
     idx_images.MnistIdx._generate_examples = dying
-    pipeline.prepare(load("data.name=mnist", "data.data_dir={config.data.data_dir}",
-                          "data.source_dir={config.data.source_dir}"))
+    prepare.prepare(load("data.name=mnist", "data.data_dir={config.data.data_dir}",
+                         "data.source_dir={config.data.source_dir}"))
   """)
   killed = subprocess.run(
     [sys.executable, "-c", script], cwd=os.path.join(ROOT, "tests"), capture_output=True, text=True
@@ -84,9 +84,9 @@ def test_an_interrupted_preparation_is_never_read_and_the_next_run_prepares_agai
   assert killed.returncode == -signal.SIGKILL, killed.stderr
   leftovers = os.listdir(os.path.join(config.data.data_dir, "mnist_idx"))
   assert leftovers and all("incomplete" in name for name in leftovers)  # Nothing was committed.
-  builder = pipeline.get_builder(config, prepare=False)
+  builder = prepare.get_builder(config, prepare=False)
   assert not builder.is_prepared()
-  train, _ = pipeline.load(config)  # Prepares again, whole.
+  train, _ = splits.load(config)  # Prepares again, whole.
   np.testing.assert_array_equal(train.images[..., 0], arrays["train"][0])
 
 
@@ -95,8 +95,8 @@ def test_a_bad_file_is_one_error_naming_it_and_nothing_is_prepared(small_mnist):
   labels = os.path.join(config.data.source_dir, idx.FILES["test"][1] + ".gz")
   write_idx(labels, arrays["test"][1], cut=3)
   with pytest.raises(DataError, match=f"IDX file {labels} holds 17 data bytes .*truncated"):
-    pipeline.info(config)
-  assert not pipeline.get_builder(config, prepare=False).is_prepared()
+    splits.info(config)
+  assert not prepare.get_builder(config, prepare=False).is_prepared()
 
 
 @pytest.mark.parametrize(
@@ -113,7 +113,7 @@ def test_missing_files_are_one_sentence_saying_what_to_do(tmp_path, name, source
   if source:
     overrides.append(f"data.source_dir={empty}")
   with pytest.raises(DataError) as e:
-    pipeline.info(load(*overrides))
+    splits.info(load(*overrides))
   message = str(e.value)
   assert "\n" not in message and f"{name!r} is not prepared in {tmp_path / 'tfds'}" in message
   for word in words:
@@ -124,7 +124,7 @@ def test_missing_files_are_one_sentence_saying_what_to_do(tmp_path, name, source
 @pytest.mark.skipif(not os.path.isdir(DEBIAN), reason=f"Debian's dataset-fashion-mnist ({DEBIAN})")
 def test_the_real_fashion_mnist_has_6000_train_and_1000_test_images_per_class(tmp_path):
   config = load("data.name=fashion_mnist", f"data.data_dir={tmp_path}")
-  train, test = pipeline.load(config)  # Prepared from the Debian files, as a user's first run does.
+  train, test = splits.load(config)  # Prepared from the Debian files, as a user's first run does.
   assert (len(train), len(test)) == (60_000, 10_000)
   assert np.bincount(train.labels).tolist() == [6000] * 10
   assert np.bincount(test.labels).tolist() == [1000] * 10

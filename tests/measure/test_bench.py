@@ -1,23 +1,27 @@
-"""`run.py bench`: the throughput of a config's train step, its schema and its CLI."""
+"""`run.py bench`: the throughput of a config's train step, its report's structure and its CLI."""
 
 import json
 import os
 
-import jsonschema
 import pytest
+from report_loader import load as load_report
 
 from research.errors import UserError
-from research.measure import bench
-from research.measure.schemas import BENCH_SCHEMA
+from research.measure import bench, reports
 
 from support import load, run_cli
+
+
+def _loaded(result: dict) -> reports.BenchReport:
+  """The result through JSON and back into its dataclasses (field names and types checked)."""
+  return load_report(reports.BenchReport, json.loads(json.dumps(result)))
 
 
 def test_bench_reports_throughput_from_the_median_step(make_config):
   result = json.loads(
     json.dumps(bench.bench(make_config("data.batch_size=16"), warmup=1, repeats=5))
   )
-  jsonschema.validate(result, BENCH_SCHEMA)
+  assert _loaded(result).schema == "convlab.bench/2"
   median = result["seconds"]["median"]
   assert result["steps_per_second"] == pytest.approx(1 / median)
   assert result["examples_per_second"] == pytest.approx(16 / median)
@@ -37,13 +41,11 @@ def test_bench_reports_throughput_from_the_median_step(make_config):
     bench.bench(make_config(), repeats=4)
 
 
-def test_the_loop_is_a_real_training_run_timed_after_its_first_epoch(make_config, monkeypatch):
-  monkeypatch.setattr(bench, "LOOP_STEPS", 60)
-  monkeypatch.setattr(bench, "LOOP_MAX_STEPS", 100)
-  monkeypatch.setattr(bench, "LOOP_ROUNDS", 2)
+def test_the_loop_is_a_real_training_run_timed_after_its_first_epoch(make_config):
   small = ("data.batch_size=64", "model.widths=(4,)", "model.hidden=8")
-  result = bench.bench(make_config(*small), warmup=1, repeats=5, loop=True)
-  jsonschema.validate(json.loads(json.dumps(result)), BENCH_SCHEMA)
+  short = dict(loop=True, loop_steps=60, loop_max_steps=100, loop_rounds=2)
+  result = bench.bench(make_config(*small), warmup=1, repeats=5, **short)
+  assert isinstance(_loaded(result).loop, reports.LoopSpeed)
   loop = result["loop"]
   # 1,437 training digits at batch 64: 22 steps an epoch; 60 steps need 3 epochs after the first.
   assert (loop["epochs"], loop["steps"]) == (3, 3 * 22)
@@ -57,12 +59,12 @@ def test_the_loop_is_a_real_training_run_timed_after_its_first_epoch(make_config
   assert {k: loop[k] for k in low} == low
   assert loop["efficiency_min"] == low["efficiency"]
   assert loop["efficiency_max"] == max(r["efficiency"] for r in loop["rounds"])
-  # A run of at most LOOP_MAX_STEPS is timed whole: 3 epochs (66 steps), 2 after the first.
-  short = bench.bench(make_config(*small, "train.num_epochs=3"), warmup=1, repeats=5, loop=True)
-  assert (short["loop"]["epochs"], short["loop"]["steps"]) == (2, 2 * 22)
+  # A run of at most loop_max_steps is timed whole: 3 epochs (66 steps), 2 after the first.
+  whole = bench.bench(make_config(*small, "train.num_epochs=3"), warmup=1, repeats=5, **short)
+  assert (whole["loop"]["epochs"], whole["loop"]["steps"]) == (2, 2 * 22)
 
 
-def test_cli_bench_takes_warmup_and_repeats_and_prints_json_that_validates(data_dir):
+def test_cli_bench_takes_warmup_and_repeats_and_prints_json_that_loads_back(data_dir):
   result = run_cli(
     "bench",
     "--json",
@@ -75,9 +77,9 @@ def test_cli_bench_takes_warmup_and_repeats_and_prints_json_that_validates(data_
     "--config.model.hidden=8",
   )
   assert result.returncode == 0, result.stderr
-  report = json.loads(result.stdout)
-  jsonschema.validate(report, BENCH_SCHEMA)
-  assert (report["seconds"]["warmup"], report["seconds"]["n"], report["batch_size"]) == (2, 6, 8)
+  report = load_report(reports.BenchReport, json.loads(result.stdout))
+  assert (report.seconds.warmup, report.seconds.n, report.batch_size) == (2, 6, 8)
+  assert report.loop is None and isinstance(report.layers[0], reports.LayerTimes)
 
 
 def test_cli_bench_refuses_too_few_repeats_in_one_line(data_dir):
@@ -112,7 +114,7 @@ def test_cli_bench_on_a_dataset_this_machine_never_saw(tmp_path):
 def test_each_layer_is_timed_alone_pass_by_pass(make_config):
   config = make_config("data.batch_size=16", "model.widths=(4,)", "model.hidden=8")
   result = bench.bench(config, warmup=1, repeats=5, layers=True)
-  jsonschema.validate(json.loads(json.dumps(result)), BENCH_SCHEMA)
+  assert len(_loaded(result).layers) == 3
   # By hand: conv 3x3 1->4 on 8x8 (SAME), pool to 4x4x4 = 64, dense 64->8, dense 8->10.
   shapes = [(layer["input_shape"], layer["output_shape"]) for layer in result["layers"]]
   assert shapes == [([16, 8, 8, 1], [16, 8, 8, 4]), ([16, 64], [16, 8]), ([16, 8], [16, 10])]
@@ -125,7 +127,7 @@ def test_each_layer_is_timed_alone_pass_by_pass(make_config):
 def test_seeds_together_are_timed_against_one_call_each(make_config):
   config = make_config("data.batch_size=16", "model.widths=(4,)", "model.hidden=8")
   result = bench.bench(config, warmup=1, repeats=5, seeds=3)
-  jsonschema.validate(json.loads(json.dumps(result)), BENCH_SCHEMA)
+  assert isinstance(_loaded(result).seeds, reports.SeedsSpeed)
   seeds = result["seeds"]
   assert seeds["seeds"] == 3
   assert seeds["ratio"] == pytest.approx(seeds["together"]["median"] / seeds["apart"]["median"])

@@ -37,7 +37,7 @@ HAND = {  # block: (parameters, forward MACs, forward bias adds)
 
 
 def _counted(name, shape=SHAPE, width=WIDTH, **kwargs):
-  module = blocks.make_block(name, width, **kwargs)
+  module = blocks.build_block({"name": name, **kwargs}, width, "model.block")
   return module, flops.layers(module, jax.ShapeDtypeStruct(shape, jnp.float32))
 
 
@@ -72,7 +72,9 @@ def test_forward_backward_is_three_forwards_and_the_train_step_adds_the_optimize
 
 
 def test_a_model_skips_the_input_gradient_of_the_layer_reading_the_data():
-  model = blocks.make_block("conv", 4)  # One layer: its input is the data.
+  model = blocks.build_block(
+    {"name": "conv"}, 4, "model.block"
+  )  # One layer: its input is the data.
   [layer] = flops.layers(model, jnp.zeros((1, 5, 5, 3)), input_grad=False)
   assert (
     not layer.input_grad and layer.forward_backward_flops == 4 * layer.macs + 2 * layer.bias_adds
@@ -111,7 +113,7 @@ def test_in_bounds_macs_are_exactly_xlas_count_for_a_bare_convolution(kwargs):
 def test_a_blocks_train_step_adds_the_optimizers_flops_to_forward_backward():
   subject = subjects.block_subject(
     "3x3",
-    blocks.make_block("conv", 16),
+    blocks.build_block({"name": "conv"}, 16, "model.block"),
     (2, 8, 8, 16),
     optax.adam(1e-3),
     lambda n: flops.optimizer_flops("adam", n),

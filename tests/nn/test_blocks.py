@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from research.nn import blocks, shapes
+from research.errors import ConfigError
+from research.nn import activations, blocks, shapes
 
 
 def init(module, x):
@@ -110,7 +111,7 @@ PARAM_COUNTS = [  # (block, closed form)
     CIN * CMID + CMID + K * K * CMID * CMID + CMID + CMID * COUT + COUT,
   ),
   (
-    blocks.Bottleneck(COUT, kernel_size=K, mid_features=CMID, inner="factorized"),
+    blocks.Bottleneck(COUT, kernel_size=K, mid_features=CMID, inner=blocks.Factorized),
     CIN * CMID + CMID + 2 * (K * CMID * CMID + CMID) + CMID * COUT + COUT,
   ),
   (
@@ -204,21 +205,6 @@ def test_separable_equals_per_channel_correlation_then_pointwise():
   np.testing.assert_allclose(block.apply(v, x)[0], want, rtol=1e-4, atol=1e-5)
 
 
-def test_gap_head_equals_global_average_pool_then_dense():
-  x = jax.random.normal(jax.random.PRNGKey(7), (3, 4, 4, 8))
-  head = blocks.GAPHead(10)
-  v = init(head, x)
-  w, b = v["params"]["Conv_0"]["kernel"][0, 0], v["params"]["Conv_0"]["bias"]
-  np.testing.assert_allclose(head.apply(v, x), x.mean((1, 2)) @ w + b, rtol=1e-5, atol=1e-5)
-
-
-def test_dense_head_shapes():
-  v = init(blocks.DenseHead(10, hidden=7), jnp.zeros((2, 3, 3, 4)))
-  assert v["params"]["Dense_0"]["kernel"].shape == (36, 7) and v["params"]["Dense_1"][
-    "kernel"
-  ].shape == (7, 10)
-
-
 def test_norm_replaces_bias_with_batchnorm_statistics():
   x = jax.random.normal(jax.random.PRNGKey(8), (4, 6, 6, 3)) * 5 + 2
   block = blocks.ConvBlock(4, norm=True, activation=identity)
@@ -246,20 +232,26 @@ def test_impossible_block_raises_shape_error_naming_the_field(make, field):
   assert e.value.field == field
 
 
-def test_make_block_takes_only_the_fields_a_block_has():
-  block = blocks.make_block("pointwise", 8, kernel_size=5, padding="VALID", dilation=2)
-  assert isinstance(block, blocks.Pointwise) and block.features == 8
-  assert blocks.make_block("factorized", 8, kernel_size=5).kernel_size == 5
+def test_build_block_makes_the_names_of_a_spec_callables():
+  """A config's spec names the block, its activations and a bottleneck's inner block: the same
+  module as one built of the callables themselves."""
+  spec = {"name": "bottleneck", "inner": "factorized", "activation": "identity", "reduction": 2}
+  built = blocks.build_block(spec, 8, "cost.blocks[0]")
+  want = blocks.Bottleneck(8, inner=blocks.Factorized, activation=activations.identity, reduction=2)
+  assert built == want
 
 
-def test_a_misspelt_block_field_is_an_error_not_silently_dropped():
-  with pytest.raises(TypeError, match=r"block 'conv' \(ConvBlock\) has no field 'kernal_size'"):
-    blocks.make_block("conv", 8, kernal_size=5)
-
-
-def test_a_shared_field_a_block_has_no_use_for_is_dropped():
-  # A model hands every block its kernel size and padding; a 1x1 block has neither.
-  block = blocks.make_block("pointwise", 8, kernel_size=5, padding="VALID", strides=2)
-  assert isinstance(block, blocks.Pointwise) and block.strides == 2
-  y = jax.eval_shape(block.init_with_output, jax.random.PRNGKey(0), jnp.zeros((1, 6, 6, 3)))[0]
-  assert y.shape == (1, 3, 3, 8)
+@pytest.mark.parametrize(
+  "spec, key",
+  [
+    ({"name": "conv", "kernal_size": 5}, "cost.blocks[0].kernal_size"),  # Misspelt: not dropped.
+    ({"name": "pointwise", "kernel_size": 5}, "cost.blocks[0].kernel_size"),  # A 1x1 has none.
+    ({"name": "fourier"}, "cost.blocks[0].name"),
+    ({"name": "bottleneck", "inner": "3x3"}, "cost.blocks[0].inner"),
+    ({"name": "conv", "activation": "swish"}, "cost.blocks[0].activation"),
+  ],
+)
+def test_a_spec_with_an_unknown_name_or_field_is_a_config_error_naming_it(spec, key):
+  with pytest.raises(ConfigError) as e:
+    blocks.build_block(spec, 8, "cost.blocks[0]")
+  assert e.value.key == key

@@ -1,5 +1,6 @@
 """The convolution's lowerings against `lax.conv_general_dilated` called directly (forward and
-both gradients), and the "auto" choice's cache table."""
+both gradients), and the "auto" choice through its cache table (`test_lowering_table.py`: the
+table's key and path)."""
 
 import functools
 import itertools
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from research.nn import conv, lowering, shapes
+from research.nn import conv, lowering, lowering_table, shapes
 
 jax.config.update("jax_enable_x64", False)
 
@@ -188,6 +189,7 @@ SHAPE = dict(
   groups=2,
   dtype=jnp.float32,
 )
+CONV = lowering_table.Convolution(**SHAPE)
 TIMINGS = {"native": 3e-3, "shifted": 1e-3, "im2col": 2e-3}
 
 
@@ -195,28 +197,23 @@ TIMINGS = {"native": 3e-3, "shifted": 1e-3, "im2col": 2e-3}
 def table(tmp_path, monkeypatch):
   """The table's path, under tmp_path and named by CONVLAB_LOWERING_TABLE."""
   path = tmp_path / "cache" / "lowering.json"
-  monkeypatch.setenv(lowering.TABLE_ENV, str(path))
+  monkeypatch.setenv(lowering_table.TABLE_ENV, str(path))
   return path
 
 
-@pytest.fixture
-def fake_measure(monkeypatch):
-  """Replaces `lowering.measure` by one returning TIMINGS; the list of its calls' arguments."""
-  calls = []
+class FakeTimer:
+  """A `timer` for `lowering.choose` that returns TIMINGS; `calls` lists its calls' arguments."""
 
-  def fake(*args, **kwargs):
-    calls.append(args)
+  def __init__(self):
+    self.calls = []
+
+  def __call__(self, *args, **kwargs):
+    self.calls.append(args)
     return dict(TIMINGS)
 
-  monkeypatch.setattr(lowering, "measure", fake)
-  return calls
 
-
-def _forbid_measure(monkeypatch):
-  def fail(*args, **kwargs):
-    raise AssertionError("measure must not be called for a recorded key")
-
-  monkeypatch.setattr(lowering, "measure", fail)
+def _forbidden_timer(*args, **kwargs):
+  raise AssertionError("a recorded key must not be measured")
 
 
 def _write(path, entries):
@@ -224,34 +221,11 @@ def _write(path, entries):
   path.write_text(json.dumps({"format": 1, "entries": entries}))
 
 
-def test_table_key_format():
-  assert lowering.table_key(**SHAPE) == (
-    "cpu|x=2,8,8,4|kernel=3,3,2,6|strides=1,1|padding=SAME|dilation=1,1|groups=2|dtype=float32"
-  )
-  explicit = dict(SHAPE, strides=(2, 1), padding=((1, 1), (0, 2)), dilation=(1, 2))
-  assert "|strides=2,1|padding=1:1,0:2|dilation=1,2|" in lowering.table_key(**explicit)
-  # Spellings of the same convolution share a key.
-  same = dict(SHAPE, strides=(1, 1), padding="same", dilation=(1, 1), dtype="float32")
-  assert lowering.table_key(**same) == lowering.table_key(**SHAPE)
-
-
-def test_default_table_path(monkeypatch, tmp_path):
-  monkeypatch.setenv(lowering.TABLE_ENV, "/some/table.json")
-  assert lowering.default_table_path() == "/some/table.json"
-  monkeypatch.delenv(lowering.TABLE_ENV)
-  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-  assert lowering.default_table_path() == str(tmp_path / "convlab" / "lowering.json")
-  monkeypatch.delenv("XDG_CACHE_HOME")
-  monkeypatch.setenv("HOME", str(tmp_path))
-  assert lowering.default_table_path() == str(tmp_path / ".cache" / "convlab" / "lowering.json")
-
-
 def test_auto_takes_the_recorded_choice_without_measuring(table, monkeypatch):
-  _write(table, {lowering.table_key(**SHAPE): {"choice": "im2col", "seconds": {}}})
-  _forbid_measure(monkeypatch)
-  assert lowering.choose(**SHAPE) == "im2col"
-  assert lowering.choose(**SHAPE, table_path=str(table)) == "im2col"
-  # And conv(lowering="auto") runs it.
+  _write(table, {lowering_table.table_key(CONV): {"choice": "im2col", "seconds": {}}})
+  assert lowering.choose(CONV, timer=_forbidden_timer) == "im2col"
+  assert lowering.choose(CONV, table_path=str(table), timer=_forbidden_timer) == "im2col"
+  # And conv(lowering="auto") runs it, unmeasured: a measurement would trace the spy too.
   calls = []
 
   def spy(x, kernel, **kwargs):
@@ -264,69 +238,68 @@ def test_auto_takes_the_recorded_choice_without_measuring(table, monkeypatch):
   assert calls == [SHAPE["x_shape"]]
 
 
-def test_a_missing_key_is_measured_once_and_recorded(table, fake_measure):
+def test_a_missing_key_is_measured_once_and_recorded(table):
   _write(table, {"other|key": {"choice": "native", "seconds": {}}})
-  assert lowering.choose(**SHAPE) == "shifted"
-  assert len(fake_measure) == 1
+  timer = FakeTimer()
+  assert lowering.choose(CONV, timer=timer) == "shifted"
+  assert timer.calls == [(CONV,)]
   written = json.loads(table.read_text())
   assert written["format"] == 1
   assert written["entries"]["other|key"]["choice"] == "native"  # Kept.
-  entry = written["entries"][lowering.table_key(**SHAPE)]
+  entry = written["entries"][lowering_table.table_key(CONV)]
   assert entry["choice"] == "shifted" and entry["seconds"] == TIMINGS
-  assert lowering.choose(**SHAPE) == "shifted"
-  assert len(fake_measure) == 1  # Read, not measured again.
+  assert lowering.choose(CONV, timer=timer) == "shifted"
+  assert len(timer.calls) == 1  # Read, not measured again.
   assert [p.name for p in table.parent.iterdir()] == ["lowering.json"]  # No temporary left.
 
 
 @pytest.mark.parametrize(
   "content", ["{not json", "[1, 2]", '{"format": 99, "entries": {}}', "\xff\xfe"]
 )
-def test_a_corrupt_table_is_tolerated_and_recreated(table, fake_measure, caplog, content):
+def test_a_corrupt_table_is_tolerated_and_recreated(table, caplog, content):
   table.parent.mkdir(parents=True)
   table.write_bytes(content.encode("latin-1"))
-  with caplog.at_level(logging.WARNING, logger=lowering.__name__):
-    assert lowering.choose(**SHAPE) == "shifted"
+  with caplog.at_level(logging.WARNING, logger=lowering_table.__name__):
+    assert lowering.choose(CONV, timer=FakeTimer()) == "shifted"
   assert any(r.levelno == logging.WARNING and str(table) in r.getMessage() for r in caplog.records)
   written = json.loads(table.read_text())
-  assert written["entries"][lowering.table_key(**SHAPE)]["choice"] == "shifted"
+  assert written["entries"][lowering_table.table_key(CONV)]["choice"] == "shifted"
 
 
-def test_an_invalid_entry_is_measured_again(table, fake_measure, caplog):
-  _write(table, {lowering.table_key(**SHAPE): {"choice": "nope"}})
-  with caplog.at_level(logging.WARNING, logger=lowering.__name__):
-    assert lowering.choose(**SHAPE) == "shifted"
-  assert len(fake_measure) == 1 and "invalid entry" in caplog.text
+def test_an_invalid_entry_is_measured_again(table, caplog):
+  _write(table, {lowering_table.table_key(CONV): {"choice": "nope"}})
+  timer = FakeTimer()
+  with caplog.at_level(logging.WARNING, logger=lowering_table.__name__):
+    assert lowering.choose(CONV, timer=timer) == "shifted"
+  assert len(timer.calls) == 1 and "invalid entry" in caplog.text
 
 
-def test_a_choice_recorded_while_measuring_wins(table, monkeypatch):
+def test_a_choice_recorded_while_measuring_wins(table):
   def measure_while_another_process_records(*args, **kwargs):
-    _write(table, {lowering.table_key(**SHAPE): {"choice": "native", "seconds": {}}})
+    _write(table, {lowering_table.table_key(CONV): {"choice": "native", "seconds": {}}})
     return dict(TIMINGS)
 
-  monkeypatch.setattr(lowering, "measure", measure_while_another_process_records)
-  assert lowering.choose(**SHAPE) == "native"
-  assert json.loads(table.read_text())["entries"][lowering.table_key(**SHAPE)]["choice"] == "native"
+  assert lowering.choose(CONV, timer=measure_while_another_process_records) == "native"
+  assert (
+    json.loads(table.read_text())["entries"][lowering_table.table_key(CONV)]["choice"] == "native"
+  )
 
 
-def test_an_unwritable_table_still_gives_a_choice(tmp_path, fake_measure, caplog):
+def test_an_unwritable_table_still_gives_a_choice(tmp_path, caplog):
   (tmp_path / "table").mkdir()  # A folder where the table should be.
   with caplog.at_level(logging.WARNING, logger=lowering.__name__):
-    assert lowering.choose(**SHAPE, table_path=str(tmp_path / "table")) == "shifted"
+    path = str(tmp_path / "table")
+    assert lowering.choose(CONV, table_path=path, timer=FakeTimer()) == "shifted"
   assert "cannot write" in caplog.text
   assert [p.name for p in tmp_path.iterdir()] == ["table"]  # No temporary left.
 
 
-def test_auto_inside_jit_measures_once_and_equals_native(table, monkeypatch):
-  measured = []
-  real_measure = lowering.measure
+def test_measure_times_each_lowering_by_the_one_harness():
+  seconds = lowering.measure(CONV)
+  assert set(seconds) == set(NAMES) and all(s > 0 for s in seconds.values())
 
-  def counting(*args, **kwargs):
-    measured.append(args)
-    seconds = real_measure(*args, warmup=1, repeats=3)
-    assert set(seconds) == set(NAMES) and all(s > 0 for s in seconds.values())
-    return seconds
 
-  monkeypatch.setattr(lowering, "measure", counting)
+def test_auto_inside_jit_measures_once_and_equals_native(table, caplog):
   rng = np.random.default_rng(4)
   x = rng.normal(size=(2, 6, 6, 4)).astype(np.float32)
   k = rng.normal(size=(3, 3, 2, 4)).astype(np.float32)
@@ -334,13 +307,18 @@ def test_auto_inside_jit_measures_once_and_equals_native(table, monkeypatch):
   def loss(x, k, name):
     return jnp.sum(conv.conv(x, k, strides=2, padding=1, groups=2, lowering=name) ** 2)
 
-  got = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=2)(x, k, "auto")
+  def measured():  # `choose` logs one line per measurement.
+    return [r for r in caplog.records if r.getMessage().startswith("lowering for ")]
+
+  with caplog.at_level(logging.INFO, logger=lowering.__name__):
+    got = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=2)(x, k, "auto")
+    assert len(measured()) == 1  # At trace time; the forward and the gradient share the key.
+    # A fresh trace of the same shape reads the table.
+    jax.jit(lambda x, k: conv.conv(x, k, strides=2, padding=1, groups=2, lowering="auto"))(x, k)
+    assert len(measured()) == 1
   want = jax.value_and_grad(loss, argnums=(0, 1))(x, k, "native")
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-4)
-  assert len(measured) == 1  # At trace time; the forward and the gradient share the key.
   (entry,) = json.loads(table.read_text())["entries"].values()
+  assert set(entry["seconds"]) == set(NAMES) and all(s > 0 for s in entry["seconds"].values())
   assert entry["choice"] == min(entry["seconds"], key=entry["seconds"].get)
-  # A fresh trace of the same shape reads the table.
-  jax.jit(lambda x, k: conv.conv(x, k, strides=2, padding=1, groups=2, lowering="auto"))(x, k)
-  assert len(measured) == 1

@@ -2,16 +2,18 @@
 compiling."""
 
 import collections
+import functools
 import os
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import pytest
 
 from research.errors import ConfigError
 from research.measure import flops
-from research.nn import models
+from research.nn import activations, blocks, heads, models
 from research.training import train
 
 from support import ROOT, run_cli
@@ -99,6 +101,56 @@ def test_resnet_stage_blocks_put_the_stem_in_the_first_stage():
   assert collections.Counter(kernels) == {(3, 3): 1 + 4, (3, 1): 4, (1, 3): 4}
 
 
+def test_a_model_takes_its_block_and_head_as_callables():
+  """`build_model`'s names become the callables a model is built of: a CNN given a `partial` of
+  `Factorized` (5x5, VALID, tanh) and a GAP head by hand is the model the config names."""
+  config = {"block": "factorized", "kernel_size": 5, "padding": "VALID", "activation": "tanh"}
+  by_name = build((16, 16, 1), name="cnn", widths=(4, 8), head="gap", **config)
+  block = functools.partial(
+    blocks.Factorized, kernel_size=5, padding="VALID", activation=activations.get("tanh")
+  )
+  by_hand = models.CNN(10, block=block, head=heads.GAPHead, widths=(4, 8))
+  x = jax.random.normal(jax.random.PRNGKey(1), (2, 16, 16, 1))
+  variables = jax.jit(by_hand.init)(jax.random.PRNGKey(0), x)
+  assert jax.tree.structure(variables) == jax.tree.structure(
+    jax.eval_shape(by_name.init, jax.random.PRNGKey(0), x)
+  )
+  np.testing.assert_array_equal(
+    jax.jit(by_hand.apply)(variables, x), jax.jit(by_name.apply)(variables, x)
+  )
+
+
+class CountingDict(dict):
+  """A registry that counts the names looked up in it."""
+
+  def __init__(self, *args):
+    super().__init__(*args)
+    self.lookups = collections.Counter()
+
+  def __getitem__(self, name):
+    self.lookups[name] += 1
+    return super().__getitem__(name)
+
+
+def test_names_are_looked_up_once_when_the_model_is_built_and_never_after(monkeypatch):
+  registry = CountingDict(models.BLOCKS)
+  monkeypatch.setattr(models, "BLOCKS", registry)  # The registry, not a code path.
+  model = build(name="resnet", block="bottleneck", stage_blocks=("conv", "factorized"))
+  assert registry.lookups == {"bottleneck": 1, "conv": 1, "factorized": 1}
+  x = jnp.ones((2, 8, 8, 1))
+  jax.eval_shape(lambda: model.apply(model.init(jax.random.PRNGKey(0), x), x))
+  assert registry.lookups == {"bottleneck": 1, "conv": 1, "factorized": 1}
+
+
+def test_settings_are_bound_where_the_block_has_the_field():
+  # A model gives every block its window; a 1x1 block has none, and keeps its stride.
+  block = models.bind(blocks.Pointwise, kernel_size=5, padding="VALID", strides=2)(8)
+  assert isinstance(block, blocks.Pointwise) and block.strides == 2
+  y = jax.eval_shape(block.init_with_output, jax.random.PRNGKey(0), jnp.zeros((1, 6, 6, 3)))[0]
+  assert y.shape == (1, 3, 3, 8)
+  assert models.bind(blocks.Factorized, kernel_size=5, reduction=2)(8).kernel_size == 5
+
+
 @pytest.mark.parametrize("name", ["cnn", "resnet", "inception"])
 @pytest.mark.parametrize("block", BLOCK_NAMES)
 def test_every_model_and_block_gives_logits(name, block):
@@ -155,7 +207,7 @@ def test_models_run_in_1_2_and_3_spatial_dims(input_shape):
   for name in ("cnn", "resnet"):
     model = build(input_shape, name=name, block="factorized", widths=(4, 8))
     x = jnp.ones((2, *input_shape))
-    logits = jax.jit(model.apply)(model.init(jax.random.PRNGKey(0), x), x)
+    logits = jax.jit(model.apply)(jax.jit(model.init)(jax.random.PRNGKey(0), x), x)
     assert logits.shape == (2, 10) and bool(jnp.isfinite(logits).all())
 
 
@@ -174,7 +226,8 @@ def test_resnet_residual_blocks_and_projection():
 def test_inception_module_concatenates_four_quarter_width_branches():
   model = build(name="inception", widths=(32,), head="gap")
   x = jnp.ones((1, 8, 8, 1))
-  _, state = model.apply(model.init(jax.random.PRNGKey(0), x), x, capture_intermediates=True)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+  _, state = model.apply(variables, x, capture_intermediates=True)
   out = state["intermediates"]["InceptionModule_0"]["__call__"][0]
   assert out.shape == (1, 8, 8, 32)
 
@@ -190,6 +243,7 @@ def test_inception_module_concatenates_four_quarter_width_branches():
     ({"name": "cnn", "block": "fourier"}, "model.block", "unknown block"),
     ({"name": "cnn", "activation": "swish"}, "model.activation", "unknown activation"),
     ({"name": "cnn", "head": "mlp"}, "model.head", "unknown head"),
+    ({"name": "cnn", "lowering": "fft"}, "model.lowering", "unknown lowering"),
     ({"name": "cnn", "depth": 3}, "model.depth", "no such field"),
     ({"name": "mlp"}, "model.name", "unknown model"),
     ({"name": "resnet", "stage_sizes": (1,)}, "model.stage_sizes", "one entry per width"),
@@ -227,7 +281,7 @@ def test_bad_model_fails_before_compiling_or_writing(tmp_path, data_dir):
   "experiment, block",
   [
     ("default", "factorized"),
-    # 16 s; test_the_block_replaces_every_kxk_convolution_of_the_model covers the swap in a ResNet.
+    # Slow; test_the_block_replaces_every_kxk_convolution_of_the_model covers the swap in a ResNet.
     pytest.param("resnet", "separable", marks=pytest.mark.slow),
   ],
 )

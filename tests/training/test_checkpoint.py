@@ -15,7 +15,7 @@ import pytest
 
 from research import config as config_lib
 from research.errors import CheckpointError, ConfigError
-from research.training import checkpoint, lock
+from research.training import checkpoint, integrity, lock, resume
 
 from support import DEFAULT, ROOT
 
@@ -87,7 +87,7 @@ def test_an_impossible_checkpoint_policy_names_the_key(override, key):
 
 def test_a_saved_step_passes_verification_and_restores_exactly(tmp_path):
   _save(tmp_path, [0.5])
-  assert checkpoint.verify(_step(tmp_path, 1)) is None
+  assert integrity.verify(_step(tmp_path, 1)) is None
   state, meta = checkpoint.restore(str(tmp_path), 1)
   assert meta == {"step": 1}
   for key, value in STATE.items():
@@ -126,7 +126,7 @@ def test_verification_names_what_is_wrong(tmp_path, damage, words):
     else:
       with open(os.path.join(path, name), "w") as f:
         f.write("{not json")
-  reason = checkpoint.verify(path)
+  reason = integrity.verify(path)
   assert reason is not None and words in reason
 
 
@@ -136,10 +136,10 @@ def test_corrupt_newest_steps_are_quarantined_and_the_newest_valid_step_is_used(
   with open(_largest_file(os.path.join(_step(tmp_path, 2), "state")), "ab") as f:
     f.write(b"\0")
   caplog.clear()
-  assert checkpoint.latest_valid(str(tmp_path), quarantine=True) == 1
-  messages = [r.getMessage() for r in caplog.records if r.name == checkpoint.__name__]
-  assert checkpoint.steps(str(tmp_path)) == [1]
-  quarantine = tmp_path / checkpoint.QUARANTINE
+  assert integrity.latest_valid(str(tmp_path), quarantine=True) == 1
+  messages = [r.getMessage() for r in caplog.records if r.name == integrity.__name__]
+  assert integrity.steps(str(tmp_path)) == [1]
+  quarantine = tmp_path / integrity.QUARANTINE
   assert sorted(os.listdir(quarantine)) == ["2", "2.reason.txt", "3", "3.reason.txt"]
   assert "commit_success.txt is missing" in (quarantine / "3.reason.txt").read_text()
   assert [m.split(":")[0] for m in messages] == ["warning"] * 2
@@ -152,38 +152,36 @@ def test_corrupt_newest_steps_are_quarantined_and_the_newest_valid_step_is_used(
 def test_no_valid_step_is_an_error_that_names_each_and_moves_nothing(tmp_path):
   _save(tmp_path, [0.1, 0.2], keep_best=0)
   for step in (1, 2):
-    os.remove(os.path.join(_step(tmp_path, step), checkpoint.CHECKSUMS))
+    os.remove(os.path.join(_step(tmp_path, step), integrity.CHECKSUMS))
   with pytest.raises(
     CheckpointError, match="^no valid checkpoint in .*step 2: .*step 1: .*Nothing was moved"
   ):
-    checkpoint.latest_valid(str(tmp_path), quarantine=True)
-  assert (
-    checkpoint.steps(str(tmp_path)) == [1, 2] and not (tmp_path / checkpoint.QUARANTINE).exists()
-  )
+    integrity.latest_valid(str(tmp_path), quarantine=True)
+  assert integrity.steps(str(tmp_path)) == [1, 2] and not (tmp_path / integrity.QUARANTINE).exists()
 
 
 def test_no_step_at_all_is_a_fresh_start(tmp_path):
-  assert checkpoint.latest_valid(str(tmp_path), quarantine=True) is None
+  assert integrity.latest_valid(str(tmp_path), quarantine=True) is None
 
 
 def test_unfinished_saves_are_removed_and_do_not_count(tmp_path):
   _save(tmp_path, [0.5])
-  os.makedirs(os.path.join(checkpoint.directory(str(tmp_path)), "2" + checkpoint.TMP_MARK, "state"))
-  assert checkpoint.steps(str(tmp_path)) == [1]
-  assert checkpoint.remove_unfinished(str(tmp_path)) == ["2" + checkpoint.TMP_MARK]
+  os.makedirs(os.path.join(checkpoint.directory(str(tmp_path)), "2" + integrity.TMP_MARK, "state"))
+  assert integrity.steps(str(tmp_path)) == [1]
+  assert integrity.remove_unfinished(str(tmp_path)) == ["2" + integrity.TMP_MARK]
   assert os.listdir(checkpoint.directory(str(tmp_path))) == ["1"]
 
 
 def test_the_best_step_is_kept_beside_the_newest_also_after_a_restart(tmp_path):
   # Orbax with max_to_keep and best_fn alone kept only the best and could drop the step just saved.
   _save(tmp_path, [0.5, 0.9, 0.6, 0.7], keep=2)
-  assert checkpoint.steps(str(tmp_path)) == [2, 3, 4]
+  assert integrity.steps(str(tmp_path)) == [2, 3, 4]
   _save(
     tmp_path, [0.8, None, None], keep=2, first=5
   )  # A new manager reads the ranks back from disk.
-  assert checkpoint.steps(str(tmp_path)) == [2, 6, 7]
+  assert integrity.steps(str(tmp_path)) == [2, 6, 7]
   _save(tmp_path, [0.95], keep=2, first=8)
-  assert checkpoint.steps(str(tmp_path)) == [7, 8]
+  assert integrity.steps(str(tmp_path)) == [7, 8]
 
 
 def test_config_changes_list_every_differing_key():
@@ -193,7 +191,7 @@ def test_config_changes_list_every_differing_key():
     "model": {"widths": [8, 32], "hidden": 32, "norm": True},
     "train": {"num_epochs": 4},
   }
-  assert checkpoint.config_changes(saved, current) == {
+  assert resume.config_changes(saved, current) == {
     "model.norm": ("<absent>", True),
     "model.widths": ([8, 16], [8, 32]),
     "train.num_epochs": (2, 4),
@@ -202,7 +200,7 @@ def test_config_changes_list_every_differing_key():
 
 def test_resuming_refuses_changes_of_model_optimizer_and_data_order_naming_the_keys():
   with pytest.raises(CheckpointError) as e:
-    checkpoint.check_resumable(
+    resume.check_resumable(
       {
         "model.widths": ([8, 16], [8, 32]),
         "optimizer.name": ("adam", "sgd"),
@@ -222,7 +220,7 @@ def test_resuming_refuses_changes_of_model_optimizer_and_data_order_naming_the_k
   ):
     assert key in message
   assert "num_epochs" not in message
-  checkpoint.check_resumable(
+  resume.check_resumable(
     {
       "optimizer.learning_rate": (3e-3, 1e-3),
       "train.num_epochs": (2, 4),
@@ -265,33 +263,33 @@ def test_a_live_lock_refuses_a_second_run_and_a_killed_holders_lock_is_taken_ove
   assert not (tmp_path / lock.LOCK_FILE).exists()
 
 
-def test_orbax_still_writes_the_on_disk_names_this_module_depends_on(tmp_path, monkeypatch):
-  """checkpoint.py reads three names of Orbax's private on-disk format (pyproject.toml bounds the
-  version). A save is watched from inside Orbax's commit (where `seal` runs) and after it."""
+def test_orbax_still_writes_the_on_disk_names_this_module_depends_on(tmp_path):
+  """integrity.py reads three names of Orbax's private on-disk format (pyproject.toml bounds the
+  version). A save is watched from inside Orbax's commit (the `on_commit` hook, called just before
+  `seal`, only when it finds the one step directory being written) and after it."""
   import orbax.checkpoint as ocp
 
   pending_at_commit = []
-  original_seal = checkpoint.seal
-
-  def watching_seal(root):
-    pending_at_commit.append(sorted(os.listdir(root)))
-    original_seal(root)
-
-  monkeypatch.setattr(checkpoint, "seal", watching_seal)
-  _save(tmp_path, [0.5])
+  root = checkpoint.directory(str(tmp_path))
+  watched = checkpoint.make_manager(
+    str(tmp_path), _policy(3, 1), on_commit=lambda step: pending_at_commit.append(os.listdir(root))
+  )
+  checkpoint.save(watched, 1, STATE, {"step": 1}, {"test_accuracy": 0.5})
+  watched.wait_until_finished()
+  watched.close()
   changed = f"Orbax's on-disk format changed (orbax-checkpoint {ocp.__version__}): "
-  fix = "; update research/training/checkpoint.py and the orbax-checkpoint bound in pyproject.toml"
+  fix = "; update research/training/integrity.py and the orbax-checkpoint bound in pyproject.toml"
   assert len(pending_at_commit) == 1 and any(
-    checkpoint.TMP_MARK in name for name in pending_at_commit[0]
-  ), f"{changed}no step directory named *{checkpoint.TMP_MARK}* while committing{fix}"
-  for name in (checkpoint.ORBAX_METADATA, checkpoint.ORBAX_COMMIT):
+    integrity.TMP_MARK in name for name in pending_at_commit[0]
+  ), f"{changed}no step directory named *{integrity.TMP_MARK}* while committing{fix}"
+  for name in (integrity.ORBAX_METADATA, integrity.ORBAX_COMMIT):
     assert os.path.isfile(os.path.join(_step(tmp_path, 1), name)), f"{changed}no {name}{fix}"
-  assert checkpoint.verify(_step(tmp_path, 1)) is None
+  assert integrity.verify(_step(tmp_path, 1)) is None
 
 
 def _rewrite_manifest(path, keep):
   """Rewrites the step's checksums.json keeping only the entries for which `keep(rel)` holds."""
-  manifest = os.path.join(path, checkpoint.CHECKSUMS)
+  manifest = os.path.join(path, integrity.CHECKSUMS)
   with open(manifest) as f:
     files = json.load(f)["files"]
   with open(manifest, "w") as f:
@@ -321,20 +319,20 @@ def test_the_checksums_must_list_exactly_the_files_on_disk(tmp_path, damage, wor
     item = damage.split()[1]
     shutil.rmtree(os.path.join(path, item))
     _rewrite_manifest(path, lambda rel: not rel.startswith(item + "/"))
-  reason = checkpoint.verify(path)
+  reason = integrity.verify(path)
   assert reason is not None and words in reason
 
 
 def test_seal_refuses_a_save_without_state_or_meta(tmp_path):
-  pending = tmp_path / f"1{checkpoint.TMP_MARK}-0"
+  pending = tmp_path / f"1{integrity.TMP_MARK}-0"
   (pending / "meta").mkdir(parents=True)
   (pending / "meta" / "metadata").write_text("{}")
   with pytest.raises(CheckpointError, match="lists no file under state/"):
-    checkpoint.seal(str(tmp_path))
-  assert not (pending / checkpoint.CHECKSUMS).exists()
+    integrity.seal(str(tmp_path))
+  assert not (pending / integrity.CHECKSUMS).exists()
 
 
-@pytest.mark.parametrize("name", ["2", f"3{checkpoint.TMP_MARK}-1700000000"])
+@pytest.mark.parametrize("name", ["2", f"3{integrity.TMP_MARK}-1700000000"])
 def test_a_file_at_a_steps_path_is_quarantined_before_a_save_can_delete_it(tmp_path, caplog, name):
   # Before: the file stayed (steps() skips it) and Orbax deleted it when it saved that step; one
   # named as an unfinished save made the resume fail (rmtree on a file).
@@ -343,17 +341,15 @@ def test_a_file_at_a_steps_path_is_quarantined_before_a_save_can_delete_it(tmp_p
   with open(stray, "wb") as f:
     f.write(b"someone's notes")
   caplog.clear()
-  # What train._resume does.
-  assert checkpoint.remove_unfinished(str(tmp_path)) == []
+  # What resume.resume does.
+  assert integrity.remove_unfinished(str(tmp_path)) == []
   step, _, meta = checkpoint.restore_newest(str(tmp_path), STATE)
   assert (step, meta) == (1, {"step": 1})
-  moved = tmp_path / checkpoint.QUARANTINE / name
+  moved = tmp_path / integrity.QUARANTINE / name
   assert not os.path.lexists(stray) and moved.read_bytes() == b"someone's notes"
-  assert (
-    "it is a file, not" in (tmp_path / checkpoint.QUARANTINE / f"{name}.reason.txt").read_text()
-  )
-  messages = [r.getMessage() for r in caplog.records if r.name == checkpoint.__name__]
+  assert "it is a file, not" in (tmp_path / integrity.QUARANTINE / f"{name}.reason.txt").read_text()
+  messages = [r.getMessage() for r in caplog.records if r.name == integrity.__name__]
   assert len(messages) == 1 and messages[0].startswith(f"warning: checkpoint {stray} is corrupt: ")
   assert f"Moved it to {moved} " in messages[0]
   _save(tmp_path, [0.6], first=2)  # Saving step 2 now loses nothing.
-  assert checkpoint.steps(str(tmp_path)) == [1, 2] and moved.read_bytes() == b"someone's notes"
+  assert integrity.steps(str(tmp_path)) == [1, 2] and moved.read_bytes() == b"someone's notes"

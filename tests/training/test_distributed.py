@@ -13,9 +13,9 @@ import jax
 import numpy as np
 import pytest
 
-from research.data import pipeline as data
+from research.data import batches, splits
 from research.errors import ConfigError
-from research.training import checkpoint, distributed, metrics
+from research.training import checkpoint, distributed, integrity, metrics
 from research.training.plan import make_plan
 from tests.support import ROOT, load, run_cli
 
@@ -102,12 +102,12 @@ def test_two_processes_feed_each_example_of_the_epoch_exactly_once(two_processes
   assert [len(f) for f in fed] == [1, 1]
   assert all(len(row) == batch // 2 for f in fed for row in f[0])
   seen = np.concatenate([np.ravel(f[0]) for f in fed])
-  num_train = len(data.load(config)[0])
+  num_train = len(splits.load(config)[0])
   assert steps == num_train // batch
   assert len(seen) == steps * batch and len(np.unique(seen)) == len(seen)
   assert seen.min() >= 0 and seen.max() < num_train
   # And each step's global batch is the one the data order defines, halves in device order.
-  order = data.epoch_order(config.seed, 0, num_train)[: steps * batch].reshape(steps, batch)
+  order = batches.epoch_order(config.seed, 0, num_train)[: steps * batch].reshape(steps, batch)
   np.testing.assert_array_equal(np.concatenate([fed[0][0], fed[1][0]], axis=1), order)
 
 
@@ -123,9 +123,9 @@ def test_only_process_0_writes_the_metrics_and_the_console(two_processes):
 def test_two_processes_save_one_checkpoint_that_verifies(two_processes):
   root, _ = two_processes
   run = str(root / "two" / "run")
-  steps = checkpoint.steps(run)
+  steps = integrity.steps(run)
   assert steps == [44]
-  assert checkpoint.verify(os.path.join(checkpoint.directory(run), "44")) is None
+  assert integrity.verify(os.path.join(checkpoint.directory(run), "44")) is None
   assert not os.path.exists(os.path.join(run, "run.lock"))  # Released by process 0.
 
 
@@ -160,8 +160,8 @@ def test_a_stop_signal_to_one_process_stops_both_at_one_saved_step(data_dir, tmp
   assert "stopped by a stop request to another process at step" in first.stderr
   step = int(first.stderr.split("at step ")[1].split()[0])
   assert f"at step {step} " in second.stderr and step < 1000 * 44
-  assert checkpoint.steps(str(workdir))[-1] == step
-  assert checkpoint.verify(os.path.join(checkpoint.directory(str(workdir)), str(step))) is None
+  assert integrity.steps(str(workdir))[-1] == step
+  assert integrity.verify(os.path.join(checkpoint.directory(str(workdir)), str(step))) is None
 
 
 @pytest.mark.parametrize(

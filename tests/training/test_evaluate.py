@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from research.training import checkpoint, metrics, train
+from research.training import integrity, metrics, train
 
 import run
 from support import load
@@ -34,7 +34,7 @@ def finished(data_dir, tmp_path_factory):
   """A finished 2-epoch run: checkpoints at steps 44 and 88 (1437 // 32 = 44 steps per epoch)."""
   path = tmp_path_factory.mktemp("finished")
   train.train_and_evaluate(load(f"data.data_dir={data_dir}", *SMALL), str(path))
-  assert checkpoint.steps(str(path)) == [44, 88]
+  assert integrity.steps(str(path)) == [44, 88]
   return path
 
 
@@ -75,5 +75,5 @@ def test_eval_of_a_corrupt_checkpoint_is_one_error_line_and_moves_nothing(workdi
   assert lines[0].startswith(f"error: checkpoint {workdir}/checkpoints/88 is corrupt: ")
   assert str(target.relative_to(state_dir.parent)) in lines[0]
   assert _snapshot(workdir) == before  # Nothing quarantined, moved or rewritten.
-  assert not (workdir / checkpoint.QUARANTINE).exists()
-  assert checkpoint.steps(str(workdir)) == [44, 88]
+  assert not (workdir / integrity.QUARANTINE).exists()
+  assert integrity.steps(str(workdir)) == [44, 88]

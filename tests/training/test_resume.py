@@ -17,12 +17,13 @@ import time
 import jax
 import numpy as np
 import pytest
+from faults import injected
 
 from research import config as config_lib
-from research.data import pipeline
+from research.data import splits
 from research.errors import CheckpointError, ConfigError, Interrupted, TrainingDiverged
-from research.testing import faults
-from research.training import checkpoint, evaluate, lock, metrics, train
+from research.training import checkpoint, evaluate, integrity, lock, metrics, resume, train
+from research.training.hooks import Hooks
 from research.training.plan import make_plan
 
 import run
@@ -86,7 +87,7 @@ def reference(data_dir, tmp_path_factory):
   """The workdir of the uninterrupted run."""
   workdir = tmp_path_factory.mktemp("reference")
   train.train_and_evaluate(_config(data_dir), str(workdir))
-  assert checkpoint.steps(str(workdir)) == [100, 120, 132]
+  assert integrity.steps(str(workdir)) == [100, 120, 132]
   return workdir
 
 
@@ -136,7 +137,7 @@ def test_sigterm_saves_where_the_run_is_and_stops_and_a_rerun_ends_bitwise_the_s
 ):
   workdir = tmp_path / "run"
   with (
-    faults.injected("term@step:110"),
+    injected("term@step:110"),
     pytest.raises(Interrupted) as e,
   ):  # A real SIGTERM, step 110.
     train.train_and_evaluate(_config(data_dir), str(workdir))
@@ -144,7 +145,7 @@ def test_sigterm_saves_where_the_run_is_and_stops_and_a_rerun_ends_bitwise_the_s
     f"stopped by SIGTERM at step 110 after saving it in {workdir}/checkpoints; rerun the same "
     "command to resume"
   )
-  assert checkpoint.latest_valid(str(workdir), quarantine=False) == 110
+  assert integrity.latest_valid(str(workdir), quarantine=False) == 110
   train.train_and_evaluate(_config(data_dir), str(workdir))
   assert "Resuming from the checkpoint at step 110 (epoch 2, step 22 of 44)" in caplog.text
   _assert_bitwise_equal(_state(workdir), _state(reference))
@@ -195,7 +196,7 @@ def test_no_valid_checkpoint_is_a_clear_error_with_exit_code_2_and_moves_nothing
     "step 120: commit_success.txt is missing; step 100: commit_success.txt is missing. Nothing was "
     "moved. To start this run afresh, move that directory away (or train into a new --workdir).\n"
   )
-  assert checkpoint.steps(str(workdir)) == [100, 120, 132] and not (workdir / "quarantine").exists()
+  assert integrity.steps(str(workdir)) == [100, 120, 132] and not (workdir / "quarantine").exists()
 
 
 def test_a_nan_loss_stops_the_run_naming_the_step_and_the_last_good_checkpoint_stays_the_latest(
@@ -213,8 +214,8 @@ def test_a_nan_loss_stops_the_run_naming_the_step_and_the_last_good_checkpoint_s
     "config.optimizer.learning_rate (now 1e+30) or change what made it diverge, then rerun to "
     "continue from there."
   )
-  assert checkpoint.latest_valid(str(workdir), quarantine=False) == 132
-  assert checkpoint.steps(str(workdir)) == [100, 120, 132]
+  assert integrity.latest_valid(str(workdir), quarantine=False) == 132
+  assert integrity.steps(str(workdir)) == [100, 120, 132]
   _assert_bitwise_equal(_state(workdir), _state(reference))
   assert metrics.read(str(workdir)) == metrics.read(str(reference))
 
@@ -236,7 +237,7 @@ def test_resuming_with_another_model_or_optimizer_is_refused_naming_the_keys(
     "values it was made with, or train into a new --workdir."
   )
   assert (workdir / "config.json").read_text() == config_json
-  assert not (workdir / train.CONFIG_CHANGES_FILE).exists()
+  assert not (workdir / resume.CONFIG_CHANGES_FILE).exists()
 
 
 def test_more_epochs_on_resume_are_allowed_and_recorded(
@@ -248,7 +249,7 @@ def test_more_epochs_on_resume_are_allowed_and_recorded(
     "Config changes since step 132 (allowed; recorded in config_changes.jsonl): "
     "config.train.num_epochs 3 -> 4."
   ) in caplog.text
-  changes = (workdir / train.CONFIG_CHANGES_FILE).read_text().splitlines()
+  changes = (workdir / resume.CONFIG_CHANGES_FILE).read_text().splitlines()
   assert [json.loads(line) for line in changes] == [
     {"step": 132, "changes": {"train.num_epochs": [3, 4]}}
   ]
@@ -260,8 +261,8 @@ def _numpy_test_metrics(config, params) -> tuple[float, float]:
   """(loss, accuracy) over the whole test split at once: the model's logits, then NumPy
   (float64)."""
   plan = make_plan(config)
-  train_split, test = pipeline.load(config)
-  images = pipeline.normalize(test.images, pipeline.normalizer(train_split, plan.dataset.pixel_max))
+  train_split, test = splits.load(config)
+  images = splits.normalize(test.images, splits.normalizer(train_split, plan.dataset.pixel_max))
   logits = np.asarray(plan.model.apply({"params": params}, images), np.float64)
   log_z = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
   loss = np.mean(log_z - logits[np.arange(len(test.labels)), test.labels])
@@ -313,8 +314,8 @@ def test_a_second_run_on_a_workdir_in_use_is_refused_with_exit_code_2(data_dir, 
 
 def _reseal(step_dir):
   """Rewrites `checksums.json` for the step's current files: damage that passes the checksums."""
-  with open(step_dir / checkpoint.CHECKSUMS, "w") as f:
-    json.dump({"files": checkpoint._digests(str(step_dir))}, f)
+  with open(step_dir / integrity.CHECKSUMS, "w") as f:
+    json.dump({"files": integrity._digests(str(step_dir))}, f)
 
 
 @pytest.mark.parametrize(
@@ -366,7 +367,7 @@ def test_when_no_checkpoint_restores_the_run_stops_naming_each_and_moves_nothing
   message = str(e.value)
   assert message.startswith(f"no checkpoint restores in {workdir}/checkpoints: step 132: ")
   assert "; step 120: " in message and "; step 100: " in message and "\n" not in message
-  assert checkpoint.steps(str(workdir)) == [100, 120, 132] and not (workdir / "quarantine").exists()
+  assert integrity.steps(str(workdir)) == [100, 120, 132] and not (workdir / "quarantine").exists()
 
 
 def _deleting_the_first_read(monkeypatch):
@@ -417,7 +418,7 @@ def test_eval_while_a_run_trains_and_deletes_old_steps_succeeds_every_time(data_
     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
   )  # fmt: skip
   try:
-    while not checkpoint.steps(str(workdir)) and trainer.poll() is None:
+    while not integrity.steps(str(workdir)) and trainer.poll() is None:
       time.sleep(0.1)
     results = [evaluate.evaluate_checkpoint(str(workdir)) for _ in range(6)]
   finally:
@@ -435,14 +436,14 @@ def test_a_second_ctrl_c_aborts_at_once_and_the_first_saves(data_dir, tmp_path):
     f"error: stopped by SIGINT at step 30 after saving it in {tmp_path / 'once'}/checkpoints; "
     "rerun the same command to resume"
   )
-  assert 30 in checkpoint.steps(str(tmp_path / "once"))
+  assert 30 in integrity.steps(str(tmp_path / "once"))
   twice = run_cli(
     "train", f"--workdir={tmp_path / 'twice'}", *(f"--config.{o}" for o in _overrides(data_dir)),
     fault="int2@step:30",
   )  # fmt: skip
   assert twice.returncode == 130 and "Traceback" not in twice.stderr
   assert twice.stderr.strip().splitlines()[-1].startswith("error: aborted by Ctrl-C")
-  assert 30 not in checkpoint.steps(str(tmp_path / "twice"))
+  assert 30 not in integrity.steps(str(tmp_path / "twice"))
 
 
 def test_divergence_exits_with_its_own_code(data_dir, tmp_path):
@@ -454,35 +455,29 @@ def test_divergence_exits_with_its_own_code(data_dir, tmp_path):
 
 
 def test_a_save_that_fails_in_the_background_stops_the_run_at_the_next_step(
-  reference, data_dir, tmp_path, monkeypatch
+  reference, data_dir, tmp_path
 ):
   workdir = tmp_path / "run"
-  original = checkpoint.seal
 
-  def full_disk(root):  # Orbax's commit of step 60 finds the disk full.
-    if any(name.startswith("60.") for name in os.listdir(root)):
+  def full_disk(step):  # Orbax's commit of step 60 finds the disk full.
+    if step == 60:
       raise OSError(errno.ENOSPC, "No space left on device")
-    original(root)
 
-  add = train.EpochLog.add
-
-  def slow_add(self, step, step_metrics):  # Steps of 50 ms, as on real data, from step 61 on.
+  def slow_steps(step, wait_for_saves):  # Steps of 50 ms, as on real data, from step 61 on.
     if step > 60:
       time.sleep(0.05)
-    add(self, step, step_metrics)
 
-  monkeypatch.setattr(checkpoint, "seal", full_disk)
-  monkeypatch.setattr(train.EpochLog, "add", slow_add)
   with pytest.raises(CheckpointError) as e:
-    train.train_and_evaluate(_config(data_dir), str(workdir))
+    train.train_and_evaluate(
+      _config(data_dir), str(workdir), hooks=Hooks(on_commit=full_disk, on_step=slow_steps)
+    )
   message = str(e.value)
   assert message.startswith(f"saving a checkpoint into {workdir}/checkpoints failed (OSError: ")
   assert "No space left on device" in message and "MiB free there; stopped after step " in message
   stopped = int(message.split("stopped after step ")[1].split(".")[0])
   assert 60 < stopped < 80 and "\n" not in message  # Once the failure is known, not at step 80.
-  assert checkpoint.steps(str(workdir)) == [20, 40, 44]  # 60 never committed; nothing after it.
+  assert integrity.steps(str(workdir)) == [20, 40, 44]  # 60 never committed; nothing after it.
   assert [r["epoch"] for r in metrics.read(str(workdir))] == [1]  # Stopped within epoch 2.
-  monkeypatch.undo()
   train.train_and_evaluate(_config(data_dir), str(workdir))  # Space again: resumes exactly.
   _assert_bitwise_equal(_state(workdir), _state(reference))
 
@@ -500,11 +495,9 @@ def test_resuming_with_fewer_epochs_than_done_is_refused_and_changes_nothing(
   assert after == before  # config.json still describes the run; no config_changes.jsonl.
 
 
-def test_without_a_terminal_progress_is_logged_periodically(
-  data_dir, tmp_path, caplog, monkeypatch
-):
-  monkeypatch.setattr(train, "PROGRESS_SECONDS", 0.0)  # Every step, for the test.
-  train.train_and_evaluate(_config(data_dir, "train.num_epochs=1"), str(tmp_path))
+def test_without_a_terminal_progress_is_logged_periodically(data_dir, tmp_path, caplog):
+  every_step = Hooks(progress_seconds=0.0)
+  train.train_and_evaluate(_config(data_dir, "train.num_epochs=1"), str(tmp_path), hooks=every_step)
   lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
   assert lines[0].startswith("step 1/44 (2%), ") and lines[-1].startswith("step 44/44 (100%), ")
   assert all("steps/s, about " in line and line.endswith(" min left") for line in lines)

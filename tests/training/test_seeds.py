@@ -11,6 +11,7 @@ import pytest
 from research.errors import TrainingDiverged
 from research.training import state as state_lib
 from research.training import train
+from research.training.hooks import Hooks
 
 from support import run_cli
 
@@ -72,9 +73,7 @@ def test_a_killed_multi_seed_run_resumes_to_the_same_numbers(alone, data_dir, tm
     _same_files(str(tmp_path / f"seed_{seed}"), alone[seed])
 
 
-def test_a_seed_that_diverges_stops_and_the_others_finish(
-  alone, make_config, tmp_path, monkeypatch
-):
+def test_a_seed_that_diverges_stops_and_the_others_finish(alone, make_config, tmp_path):
   def seed_1_diverges_at_step_50(states, split, orders):
     outputs = [state_lib.indexed_train_step(s, split, o) for s, o in zip(states, orders)]
     if len(outputs) == 2:  # Seed 1 still trains: its loss becomes NaN at step 50.
@@ -83,10 +82,9 @@ def test_a_seed_that_diverges_stops_and_the_others_finish(
       outputs[1] = (state, m)
     return outputs
 
-  monkeypatch.setattr(train, "parallel_steps", seed_1_diverges_at_step_50)
   workdirs = {seed: str(tmp_path / f"seed_{seed}") for seed in (0, 1)}
   with pytest.raises(TrainingDiverged) as e:
-    train.train_seeds(make_config(*SMALL), workdirs)
+    train.train_seeds(make_config(*SMALL), workdirs, hooks=Hooks(steps=seed_1_diverges_at_step_50))
   assert str(e.value).startswith(
     "training diverged for seed(s) 1 (the others finished): training diverged: the loss is nan "
     "at step 50 (epoch 2)"

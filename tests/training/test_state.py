@@ -56,17 +56,19 @@ def test_a_run_compiles_its_train_and_eval_steps_once(make_config, tmp_path, mon
 
 def test_the_loop_step_gathers_on_the_device_exactly_the_host_batches(make_config):
   """`indexed_train_step` (the loop's) over an epoch's indices equals `train_step` over
-  `data.train_batches` (the host's definition), bit for bit, step after step."""
-  from research.data import pipeline as data
+  `batches.train_batches` (the host's definition), bit for bit, step after step."""
+  from research.data import batches, splits
   from research.training.plan import make_plan
 
   config = make_config("model.widths=(8,)")
   plan = make_plan(config)
-  train_split, _ = data.load(config)
-  stats = data.normalizer(train_split, plan.dataset.pixel_max)
-  on_device = {"image": data.normalize(train_split.images, stats), "label": train_split.labels}
-  order = data.epoch_indices(len(train_split), 32, config.seed, 1)
-  host = data.train_batches(train_split, stats, 32, config.seed, 1)
+  train_split, _ = splits.load(config)
+  stats = splits.normalizer(train_split, plan.dataset.pixel_max)
+  on_device = {"image": splits.normalize(train_split.images, stats), "label": train_split.labels}
+  order = batches.epoch_indices(
+    config.seed, 1, len(train_split), steps_per_epoch=plan.steps_per_epoch, batch_size=32
+  )
+  host = batches.train_batches(train_split, stats, 32, config.seed, 1)
   spe = plan.steps_per_epoch
   # Start at step spe + 3: row 3 of epoch 1's indices, as a resumed run would.
   state = plan.initial_state(0).replace(step=spe + 3)

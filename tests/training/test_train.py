@@ -9,10 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from research.data import pipeline
+from research.data import splits
 from research.errors import CheckpointError, TrainingDiverged
-from research.training import checkpoint, metrics, train
+from research.training import integrity, metrics, train
 from research.training import state as state_lib
+from research.training.hooks import Hooks
 
 from support import run_cli
 
@@ -163,12 +164,10 @@ def test_best_mode_min_keeps_the_step_with_the_smallest_test_loss_besides_the_la
   assert [r["step"] for r in records] == [44, 88, 132]
   argmin = min(records, key=lambda r: r["test_loss"])["step"]
   assert argmin not in (44, 132), records  # The premise: the best step is neither end.
-  assert checkpoint.steps(str(tmp_path)) == sorted({132, argmin})
+  assert integrity.steps(str(tmp_path)) == sorted({132, argmin})
 
 
-def test_non_finite_parameters_with_a_finite_loss_stop_the_run_at_the_save(
-  make_config, tmp_path, monkeypatch
-):
+def test_non_finite_parameters_with_a_finite_loss_stop_the_run_at_the_save(make_config, tmp_path):
   # The update of step 44, the first save (the end of epoch 1), makes every parameter NaN, while the
   # loss it reports was computed before the update and is finite: only the check of the state
   # before saving can catch it (the loss check would, one step later, after the save).
@@ -183,9 +182,10 @@ def test_non_finite_parameters_with_a_finite_loss_stop_the_run_at_the_save(
       outputs.append((state.replace(params=params), step_metrics))
     return outputs
 
-  monkeypatch.setattr(train, "parallel_steps", poisoned_steps)
   with pytest.raises(TrainingDiverged) as e:
-    train.train_and_evaluate(make_config(*SMALL, "train.num_epochs=2"), str(tmp_path))
+    train.train_and_evaluate(
+      make_config(*SMALL, "train.num_epochs=2"), str(tmp_path), hooks=Hooks(steps=poisoned_steps)
+    )
   assert str(e.value).startswith(
     "training diverged: the parameters or optimizer state are not finite at step 44 (epoch 1); "
     "stopped without saving, and no checkpoint was saved before it."
@@ -197,16 +197,16 @@ def test_resume_is_refused_when_the_dataset_changed_size(make_config, tmp_path, 
   config = make_config(*SMALL, "train.num_epochs=1")
   train.train_and_evaluate(config, str(tmp_path))
   before = _tree(tmp_path)
-  assert checkpoint.steps(str(tmp_path)) == [44]
+  assert integrity.steps(str(tmp_path)) == [44]
   # 100 fewer training examples: 1337 // 32 = 41 steps per epoch instead of 44, so the saved data
   # position (epoch 1 done at step 44) would mean other examples.
-  real_info = pipeline.info
+  real_info = splits.info
 
   def smaller(config):
     found = real_info(config)
     return dataclasses.replace(found, num_train=found.num_train - 100)
 
-  monkeypatch.setattr(pipeline, "info", smaller)
+  monkeypatch.setattr(splits, "info", smaller)
   with pytest.raises(CheckpointError) as e:
     train.train_and_evaluate(config, str(tmp_path))
   assert str(e.value) == (

@@ -3,15 +3,16 @@ KMNIST.
 
 They prepare from four local files (`train-images-idx3-ubyte.gz`, `train-labels-idx1-ubyte.gz`,
 `t10k-images-idx3-ubyte.gz`, `t10k-labels-idx1-ubyte.gz`, gzipped or not) in TFDS's manual
-directory, so no network is needed: `research.data.pipeline` passes the directory it found them in
+directory, so no network is needed: `research.data.prepare` passes the directory it found them in
 (`config.data.source_dir`, else the dataset's usual place, `/usr/share/datasets/fashion-mnist` for
 Debian's `dataset-fashion-mnist`). The files are checked by `research.data.idx`.
 
 Why builders of our own and not TFDS's `fashion_mnist`: TFDS's builder stores `tfds.features.Image`
-(PNG, which needs TensorFlow, +1.3 GB, to encode) and its downloader rejects Debian's files, which
-were recompressed (their checksums differ though the content is the same). These store the pixels as
-`tfds.features.Tensor`, with no TensorFlow. They are named `<dataset>_idx` so that a data dir
-shared with a networked TFDS install never holds two different things under TFDS's own name.
+(PNG, which needs TensorFlow, a large install, to encode) and its downloader rejects Debian's
+files, which were recompressed (their checksums differ though the content is the same). These store
+the pixels as `tfds.features.Tensor`, with no TensorFlow. They are named `<dataset>_idx` so that a
+data dir shared with a networked TFDS install never holds two different things under TFDS's own
+name.
 
 Features: `image` uint8 `[28, 28, 1]` (0..255), `label` in 0..9; the splits keep the files' order
 (`disable_shuffling`), example `i` of a split being record `i` of its files.

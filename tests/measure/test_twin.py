@@ -1,11 +1,10 @@
-"""The PyTorch twin of the reference CNN (`measure.peer`): the same function as the JAX model, the
-same training step, refusals by key. torch is an optional extra: without it this module is skipped.
+"""The PyTorch twin of the reference CNN (`measure.twin_model`, `measure.twin_step`): the same
+function as the JAX model, the same training step, refusals by key. torch is an optional extra:
+without it this module is skipped (`test_twin_without_torch.py` runs there).
 """
 
 import os
 import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +12,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from research.measure import peer
+from research.measure import twin_model, twin_step
 from research.training import plan as plan_lib
 
 from support import DEFAULT, ROOT, load
@@ -87,7 +86,7 @@ def test_twin_computes_the_jax_models_logits_in_inference_mode(path, overrides):
   config = _config(path, *overrides)
   model, variables, shape = _variables(config)
   images = _images(shape)
-  twin = peer.twin(config, variables).eval()
+  twin = twin_model.twin(config, variables).eval()
   with torch.no_grad():
     logits = twin(torch.from_numpy(images)).numpy()
   expected = np.asarray(model.apply(variables, images, train=False))
@@ -101,7 +100,7 @@ def test_twin_in_training_mode_normalizes_by_the_batch_and_updates_statistics_as
   config = _config(FASHION, f"model.block={block}")
   model, variables, shape = _variables(config)
   images = _images(shape, n=3)  # n / (n - 1) = 1.5 would show with torch's unbiased variance.
-  twin = peer.twin(config, variables).train()
+  twin = twin_model.twin(config, variables).train()
   with torch.no_grad():
     logits = twin(torch.from_numpy(images)).numpy()
   expected, updates = model.apply(variables, images, train=True, mutable=["batch_stats"])
@@ -109,14 +108,14 @@ def test_twin_in_training_mode_normalizes_by_the_batch_and_updates_statistics_as
   jax.tree.map(
     lambda want, got: np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6),
     updates["batch_stats"],
-    peer.variables_of(twin)["batch_stats"],
+    twin_model.variables_of(twin)["batch_stats"],
   )
 
 
 def test_twin_gives_back_the_jax_variables_it_was_given():
   config = _config(FASHION, "model.block=factorized")
   _, variables, _ = _variables(config)
-  back = peer.variables_of(peer.twin(config, variables))
+  back = twin_model.variables_of(twin_model.twin(config, variables))
   jax.tree.map(np.testing.assert_array_equal, back, jax.tree.map(np.asarray, variables))
 
 
@@ -132,7 +131,7 @@ def test_twin_gives_back_the_jax_variables_it_was_given():
   ],
 )
 def test_one_twin_step_equals_one_jax_train_step(path, overrides, optimizer):
-  result = peer.numerics_check(_config(path, *overrides, optimizer=optimizer))
+  result = twin_step.numerics_check(_config(path, *overrides, optimizer=optimizer))
   assert result["update"] > 1e-3  # The step moved the parameters: the comparison is not vacuous.
   assert result["loss"] <= 1e-4 * result["loss_value"]
   assert result["logits"] <= 1e-5
@@ -142,7 +141,7 @@ def test_one_twin_step_equals_one_jax_train_step(path, overrides, optimizer):
 
 
 def test_adam_at_its_default_eps_agrees_in_loss_and_gradients():
-  result = peer.numerics_check(_config(DEFAULT, "model.widths=(8,)"))
+  result = twin_step.numerics_check(_config(DEFAULT, "model.widths=(8,)"))
   assert result["loss"] <= 1e-5 and result["logits"] <= 1e-5
   assert result["grads_relative"] <= 1e-4
 
@@ -150,17 +149,17 @@ def test_adam_at_its_default_eps_agrees_in_loss_and_gradients():
 def test_twin_step_takes_optaxs_sgd_and_adam_arguments_and_refuses_others():
   config = _config(DEFAULT, "model.widths=(4,)", "model.hidden=8")
   _, variables, _ = _variables(config)
-  module = peer.twin(config, variables)
-  step = peer.twin_step(module, "sgd", 0.1, 0.9, nesterov=True)
+  module = twin_model.twin(config, variables)
+  step = twin_step.twin_step(module, "sgd", 0.1, 0.9, nesterov=True)
   assert step.optimizer.defaults["nesterov"] and step.optimizer.defaults["momentum"] == 0.9
-  step = peer.twin_step(module, "sgd", 0.1, 0.0, nesterov=True)  # optax takes it; plain sgd.
+  step = twin_step.twin_step(module, "sgd", 0.1, 0.0, nesterov=True)  # optax takes it; plain sgd.
   assert step.optimizer.defaults["momentum"] == 0 and not step.optimizer.defaults["nesterov"]
-  step = peer.twin_step(module, "adam", 1e-3, b1=0.8, b2=0.99, eps=1e-6)
+  step = twin_step.twin_step(module, "adam", 1e-3, b1=0.8, b2=0.99, eps=1e-6)
   assert step.optimizer.defaults["betas"] == (0.8, 0.99) and step.optimizer.defaults["eps"] == 1e-6
   with pytest.raises(ValueError, match=r"optimizer\.name"):
-    peer.twin_step(module, "rmsprop", 1e-3)
+    twin_step.twin_step(module, "rmsprop", 1e-3)
   with pytest.raises(ValueError, match=r"optimizer\.weight_decay"):
-    peer.twin_step(module, "sgd", 0.1, weight_decay=1e-4)
+    twin_step.twin_step(module, "sgd", 0.1, weight_decay=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -174,7 +173,7 @@ def test_twin_step_takes_optaxs_sgd_and_adam_arguments_and_refuses_others():
 )
 def test_an_unsupported_config_is_a_value_error_naming_its_key(override, key):
   with pytest.raises(ValueError, match=re.escape(f"config.{key}:")):
-    peer.twin(load(override), {"params": {}})
+    twin_model.twin(load(override), {"params": {}})
 
 
 def test_variables_that_do_not_fit_the_twin_are_refused_by_path():
@@ -182,28 +181,14 @@ def test_variables_that_do_not_fit_the_twin_are_refused_by_path():
   _, variables, _ = _variables(config)
   wider = _config(DEFAULT, "model.widths=(32, 64, 128)")
   with pytest.raises(ValueError, match="ConvBlock_2/Conv_0/kernel"):
-    peer.twin(wider, variables)
+    twin_model.twin(wider, variables)
 
 
-def test_bench_twin_reports_the_median_step_and_torchs_threads(monkeypatch):
+def test_bench_twin_reports_the_median_step_and_torchs_threads():
   config = _config(DEFAULT, "data.batch_size=8", "model.widths=(4,)", "model.hidden=8")
-  result = peer.bench_twin(config, warmup=1, repeats=5)
+  result = twin_step.bench_twin(config, warmup=1, repeats=5)
   assert result["torch_version"] == torch.__version__
   assert result["threads"] == torch.get_num_threads()
   assert result["seconds"]["n"] == 5 and result["seconds"]["warmup"] == 1
   assert result["seconds"]["min"] <= result["seconds"]["median"] <= result["seconds"]["max"]
   assert result["examples_per_second"] == pytest.approx(8 / result["seconds"]["median"])
-  monkeypatch.setattr(peer, "available", lambda: False)
-  assert peer.bench_twin(config) is None
-
-
-def test_the_module_imports_and_says_so_without_torch():
-  code = (
-    "import sys; sys.modules['torch'] = None\n"
-    "from research.measure import peer\n"
-    "assert not peer.available() and peer.bench_twin(None) is None\n"
-  )
-  result = subprocess.run(
-    [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
-  )
-  assert result.returncode == 0, result.stderr

@@ -1,6 +1,9 @@
 """Preparing a dataset is exclusive: first runs that share a fresh data dir prepare it once, the
-others wait for it and read it; a data dir that cannot be one is a `DataError` naming it."""
+others wait for it and read it; a data dir that cannot be one, or cannot be locked, is a
+`DataError` naming it."""
 
+import errno
+import fcntl
 import os
 import re
 import subprocess
@@ -9,7 +12,7 @@ import textwrap
 
 import pytest
 
-from research.data import pipeline
+from research.data import splits
 from research.errors import DataError
 
 from support import ROOT, load
@@ -21,7 +24,7 @@ PROCESSES = 3
 SCRIPT = textwrap.dedent("""
   import logging, os, sys, time
   sys.path.insert(0, {root!r})
-  from research.data import pipeline
+  from research.data import splits
   from research.data.datasets import sklearn_digits
   from support import load
 
@@ -48,7 +51,7 @@ SCRIPT = textwrap.dedent("""
     return download_and_prepare(self, *args, **kwargs)
 
   builder.is_prepared, builder.download_and_prepare = is_prepared_then_barrier, announced
-  info = pipeline.info(load(f"data.data_dir={{data_dir}}"))
+  info = splits.info(load(f"data.data_dir={{data_dir}}"))
   print("INFO", info.num_train, info.num_test, flush=True)
 """).format(root=ROOT)
 
@@ -80,7 +83,7 @@ def test_first_runs_sharing_a_fresh_data_dir_prepare_it_once(tmp_path):
   waiting = f"LOG waiting for another process preparing sklearn_digits in {data_dir}"
   waited = [stderr.splitlines().count(waiting) for _, stderr in outputs]
   assert max(waited) == 1 and sum(waited) >= 1, waited  # Said once, by those that waited.
-  train, test = pipeline.load(load(f"data.data_dir={data_dir}"))
+  train, test = splits.load(load(f"data.data_dir={data_dir}"))
   assert (len(train), len(test)) == (1437, 360)
 
 
@@ -90,11 +93,25 @@ def test_a_data_dir_that_is_a_file_is_a_data_error_naming_it(tmp_path):
   with pytest.raises(
     DataError, match=f"^the data dir {re.escape(str(path))} is a file, not a directory: "
   ) as e:
-    pipeline.info(load(f"data.data_dir={path}"))
+    splits.info(load(f"data.data_dir={path}"))
   assert "\n" not in str(e.value)
   under = path / "tfds"
   with pytest.raises(
     DataError, match=f"^the data dir {re.escape(str(under))} cannot be created \\(Not a dir"
   ):
-    pipeline.info(load(f"data.data_dir={under}"))
+    splits.info(load(f"data.data_dir={under}"))
   assert path.read_text() == ""  # Left as it was.
+
+
+def test_a_data_dir_without_flock_is_one_data_error_naming_the_lock_file(tmp_path, monkeypatch):
+  # A filesystem without flock, as the kernel reports it: every flock(2) fails with ENOSYS.
+  def no_flock(fd, operation):
+    raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
+
+  monkeypatch.setattr(fcntl, "flock", no_flock)
+  path = tmp_path / "sklearn_digits.prepare.lock"
+  with pytest.raises(DataError) as e:
+    splits.info(load(f"data.data_dir={tmp_path}"))
+  assert str(e.value).startswith(f"cannot lock {path} (Function not implemented): ")
+  assert "may not support flock" in str(e.value) and "\n" not in str(e.value)
+  assert not (tmp_path / "sklearn_digits").exists()  # Nothing was prepared without the lock.

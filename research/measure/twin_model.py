@@ -1,5 +1,6 @@
-"""A PyTorch twin of the reference CNN, so that `run.py bench` can set PyTorch eager's speed beside
-the JAX train step's, with the same numerics.
+"""A PyTorch twin of the reference CNN: the same function as the config's `cnn` model, with the
+JAX model's weights copied in, so that `run.py bench` can set PyTorch eager's speed beside the JAX
+train step's with the same numerics (`measure.twin_step` steps and times it).
 
 torch is an optional extra (`pip install .[peer]`), never a dependency: this module imports without
 it, and everything that needs it imports it when called. `available()` says whether it is there.
@@ -7,14 +8,9 @@ it, and everything that needs it imports it when called. `available()` says whet
 - `twin(config, variables)`: a `torch.nn.Module` equal to the config's `cnn` model, with the JAX
   model's `variables` (`params` and `batch_stats`) copied in. Like the JAX model it takes images
   `[batch, height, width, channels]` float32 and returns logits `[batch, num_classes]`.
-  `variables_of(module)` gives its weights back in the JAX layout.
-- `twin_step(module, optimizer_name, learning_rate, momentum)`: one PyTorch training step (forward,
-  mean cross-entropy, backward, optimizer step) equal to `training.state.train_step` for sgd
-  (with or without momentum, nesterov) and adam, at a constant learning rate.
-- `numerics_check(config)`: one JAX step and one twin step from the same weights on the same random
-  batch; their largest differences.
-- `bench_twin(config)`: the twin step's seconds and examples/s at `config.data.batch_size`, timed by
-  the project's one harness (`measure.timing`).
+- `load_variables(module, variables)` copies JAX variables in; `variables_of(module)` gives the
+  twin's weights (or gradients) back in the JAX layout.
+- `check(config)`: whether the twin reproduces a config (`Unsupported` names the key if not).
 
 Conventions the twin translates (the JAX side is the reference):
 - Layout: JAX is channels-last, images `[b, h, w, c]` and conv kernels `[kh, kw, c_in, c_out]`;
@@ -31,22 +27,16 @@ Conventions the twin translates (the JAX side is the reference):
 - Activations are jax's: gelu is the tanh approximation (torch's `approximate="tanh"`; torch's
   default is the exact erf form), leaky_relu's slope is `model.negative_slope`. At exactly 0 jax's
   leaky_relu has slope 1 and torch's `negative_slope` (a difference on a set of measure zero).
-- Optimizers: optax.sgd's trace `v = m v + g; p -= lr v` (nesterov: `p -= lr (g + m v)`) is
-  torch.optim.SGD's without dampening, and optax.adam's `lr m_hat / (sqrt(v_hat) + eps)` is
-  torch.optim.Adam's (eps outside the root, bias corrections alike).
 """
 
-import copy
 import functools
 import types
-from collections.abc import Callable
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
 
-from research.measure import subjects
+from research import trees
 
 # The model fields the twin reproduces; any other field of `config.model` is refused, so that a
 # field added to the JAX model later cannot be silently left out of the twin.
@@ -69,7 +59,6 @@ MODEL_FIELDS = frozenset(
 )
 BLOCKS = ("conv", "factorized")
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "gelu", "leaky_relu", "identity", "elu", "silu")
-OPTIMIZERS = ("sgd", "adam")
 # `research.nn.blocks._norm`: flax.linen.BatchNorm(momentum=0.9), epsilon at flax's default.
 FLAX_BATCHNORM_MOMENTUM = 0.9
 FLAX_BATCHNORM_EPSILON = 1e-5
@@ -95,8 +84,9 @@ def available() -> bool:
 
 
 @functools.cache
-def _torch() -> types.SimpleNamespace:
-  """torch, and the twin's module classes (defined here, so that this module imports without it)."""
+def torch_parts() -> types.SimpleNamespace:
+  """torch, `torch.nn.functional` as `F`, and the twin's module classes (defined here, so that
+  this module imports without torch)."""
   import torch
   import torch.nn.functional as F
 
@@ -155,16 +145,11 @@ def _torch() -> types.SimpleNamespace:
   )
 
 
-def _model_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`config.model` of an experiment config, or `config` itself if it is a model config."""
-  return config.model if "model" in config else config
-
-
 def check(config: ml_collections.ConfigDict) -> None:
-  """Raises `Unsupported` (a `ValueError` naming the key) unless the twin reproduces the config's
-  model: `cnn`, blocks conv or factorized, the dense head, padding SAME or VALID, an activation of
-  `ACTIVATIONS`. Needs no torch."""
-  model = _model_config(config)
+  """Raises `Unsupported` (a `ValueError` naming the key) unless the twin reproduces the model of
+  `config` (an experiment config or its `model` section): `cnn`, blocks conv or factorized, the
+  dense head, padding SAME or VALID, an activation of `ACTIVATIONS`. Needs no torch."""
+  model = config.model if "model" in config else config
   if model.name != "cnn":
     raise Unsupported("model.name", f"the torch twin is of the cnn model only, not {model.name!r}")
   extra = sorted(set(model.keys()) - MODEL_FIELDS)
@@ -199,23 +184,6 @@ def _to_jax(array: np.ndarray, layout: str) -> np.ndarray:
   return array.T if layout == "dense" else array
 
 
-def _leaves(tree: Any, prefix: tuple = ()) -> dict[tuple, Any]:
-  """`{path: leaf}` of a nested mapping (flax's variables)."""
-  if not hasattr(tree, "items"):
-    return {prefix: tree}
-  return {p: leaf for k, v in tree.items() for p, leaf in _leaves(v, prefix + (k,)).items()}
-
-
-def _nest(flat: dict[tuple, Any]) -> dict:
-  tree: dict = {}
-  for path, leaf in flat.items():
-    node = tree
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = leaf
-  return tree
-
-
 def twin(config: ml_collections.ConfigDict, variables: dict, channels_last: bool = True) -> Any:
   """A `torch.nn.Module` equal to the config's `cnn` model with the JAX model's `variables`
   (`{"params": ..., "batch_stats": ...}`, as `model.init` gives them) copied in.
@@ -229,9 +197,9 @@ def twin(config: ml_collections.ConfigDict, variables: dict, channels_last: bool
   `Unsupported` error naming the key (`check`).
   """
   check(config)
-  t = _torch()
-  torch, nn = t.torch, t.torch.nn
-  model = _model_config(config)
+  t = torch_parts()
+  nn = t.torch.nn
+  model = config.model if "model" in config else config
   params = variables["params"]
   act = t.activations[model.get("activation", "relu")]
   if model.get("activation", "relu") == "leaky_relu":
@@ -299,7 +267,7 @@ def twin(config: ml_collections.ConfigDict, variables: dict, channels_last: bool
   module = t.Twin(blocks, nn.Sequential(*head), entries)
   load_variables(module, variables)
   if channels_last:
-    module = module.to(memory_format=torch.channels_last)
+    module = module.to(memory_format=t.torch.channels_last)
   return module
 
 
@@ -313,11 +281,11 @@ def _tensor(module: Any, name: str) -> Any:
 def load_variables(module: Any, variables: dict) -> None:
   """Copies JAX `variables` into the twin `module` in place (see `twin`); a variable missing from
   either side, or of another shape, is a `ValueError` naming its path."""
-  torch = _torch().torch
+  torch = torch_parts().torch
   given = {
     (collection,) + path: leaf
     for collection in ("params", "batch_stats")
-    for path, leaf in _leaves(variables.get(collection) or {}).items()
+    for path, leaf in trees.leaves(variables.get(collection) or {})
   }
   wanted = {(collection,) + path for collection, path, _, _ in module.entries}
   extra = sorted(set(given) - wanted)
@@ -353,219 +321,4 @@ def variables_of(module: Any, grads: bool = False) -> dict:
       tensor = tensor.grad if tensor.grad is not None else tensor.detach() * 0
     values = tensor.detach().cpu().numpy()
     flat[collection][path] = np.ascontiguousarray(_to_jax(values, layout))
-  return {collection: _nest(leaves) for collection, leaves in flat.items()}
-
-
-class TwinStep:
-  """One PyTorch training step of a twin: forward in training mode, mean cross-entropy, backward,
-  optimizer step. `step(image, label)`: `image` `[b, h, w, c]` float32 and `label` `[b]` int64
-  tensors -> (the mean loss, a scalar, and the logits `[b, classes]`, both detached). Updates the
-  module's parameters (and BatchNorm statistics) in place; `optimizer` is the torch optimizer."""
-
-  def __init__(self, module: Any, optimizer: Any):
-    self.module = module
-    self.optimizer = optimizer
-
-  def __call__(self, image: Any, label: Any) -> tuple[Any, Any]:
-    F = _torch().F
-    self.module.train()
-    self.optimizer.zero_grad(set_to_none=True)
-    logits = self.module(image)
-    loss = F.cross_entropy(logits, label)
-    loss.backward()
-    self.optimizer.step()
-    return loss.detach(), logits.detach()
-
-
-def _refuse(options: dict, message: str) -> None:
-  """`Unsupported` naming `optimizer.KEY` for the first of `options`, if any."""
-  if options:
-    raise Unsupported(f"optimizer.{sorted(options)[0]}", message)
-
-
-def twin_step(
-  module: Any,
-  optimizer_name: str,
-  learning_rate: float,
-  momentum: float | None = None,
-  **options: Any,
-) -> TwinStep:
-  """The training step of `module` with the torch optimizer equal to optax's `optimizer_name` at the
-  constant `learning_rate`: sgd (`momentum`, `nesterov`) or adam (`b1`, `b2`, `eps`; `momentum`
-  must be None). Other `options` (the rest of `config.optimizer`) raise `Unsupported` naming
-  `optimizer.KEY`, as does another optimizer (`optimizer.name`)."""
-  torch = _torch().torch
-  params = list(module.parameters())
-  if optimizer_name == "sgd":
-    # Without momentum nesterov changes nothing in optax; torch refuses the pair.
-    nesterov = bool(options.pop("nesterov", False)) and bool(momentum)
-    _refuse(options, "the torch twin's sgd takes momentum and nesterov")
-    optimizer = torch.optim.SGD(
-      params, lr=learning_rate, momentum=momentum or 0.0, nesterov=nesterov
-    )
-  elif optimizer_name == "adam":
-    if momentum is not None:
-      raise Unsupported("optimizer.momentum", "adam takes no momentum (its b1 is one)")
-    b1, b2, eps = options.pop("b1", 0.9), options.pop("b2", 0.999), options.pop("eps", 1e-8)
-    if options.pop("eps_root", 0.0):
-      raise Unsupported("optimizer.eps_root", "torch's Adam has no eps inside the root")
-    _refuse(options, "the torch twin's adam takes b1, b2 and eps")
-    optimizer = torch.optim.Adam(params, lr=learning_rate, betas=(b1, b2), eps=eps)
-  else:
-    raise Unsupported("optimizer.name", f"the torch twin has {OPTIMIZERS}, not {optimizer_name!r}")
-  return TwinStep(module, optimizer)
-
-
-def _step_of(module: Any, config: ml_collections.ConfigDict) -> TwinStep:
-  """`twin_step` with the config's optimizer at its peak learning rate."""
-  options = {k: v for k, v in config.optimizer.items() if k not in ("name", "learning_rate")}
-  momentum = options.pop("momentum", None)
-  return twin_step(
-    module, config.optimizer.name, config.optimizer.learning_rate, momentum, **options
-  )
-
-
-def _torch_batch(batch: dict) -> tuple[Any, Any]:
-  torch = _torch().torch
-  return torch.from_numpy(batch["image"]), torch.from_numpy(batch["label"].astype(np.int64))
-
-
-def _max_abs(a: Any, b: Any) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.max(np.abs(a - b))) if a.size else 0.0
-
-
-def _compare(jax_tree: Any, torch_tree: Any, prefix: str) -> dict[str, tuple[float, float]]:
-  """`{"prefix/path": (max |jax - torch|, max |jax|)}` over the leaves of `jax_tree`."""
-  other = _leaves(torch_tree)
-  return {
-    "/".join((prefix,) + path): (
-      _max_abs(leaf, other[path]),
-      float(np.max(np.abs(np.asarray(leaf)), initial=0.0)),
-    )
-    for path, leaf in _leaves(jax_tree).items()
-  }
-
-
-def _summary(found: dict[str, tuple[float, float]], prefix: str) -> tuple[float, float]:
-  """(the largest absolute difference over the leaves under `prefix`, and that over the largest
-  magnitude of any of them: a relative error on the scale of the whole tree, since a leaf's own
-  scale can be all cancellation, e.g. the gradient of a kernel that BatchNorm follows)."""
-  mine = [v for k, v in found.items() if k.startswith(prefix + "/")]
-  diff = max((d for d, _ in mine), default=0.0)
-  scale = max((m for _, m in mine), default=0.0)
-  return diff, diff / scale if scale else diff
-
-
-def numerics_check(config: ml_collections.ConfigDict) -> dict:
-  """One jitted JAX `train_step` and one twin step from the same initial weights on the same
-  random batch (`config.data.batch_size`, the dataset's shape; as `run.py bench` makes it), at
-  the constant learning rate `config.optimizer.learning_rate` (the config's schedule is replaced:
-  at step 0 a warm-up's rate is 0, which would leave the parameters unchanged).
-
-  Returns the largest absolute differences, JAX against torch, in float32:
-  - `loss`: the step's mean cross-entropy; `logits`: the training-mode logits `[b, classes]`;
-  - `grads`: the gradients of the parameters (whatever the optimizer);
-  - `params` and `batch_stats`: the variables after the step;
-  - `grads_relative`, `params_relative`: those over the largest magnitude in the tree;
-  - `leaves`: `{"params/ConvBlock_0/Conv_0/kernel": difference, "grads/...": ...,
-    "batch_stats/...": ...}`;
-  and for scale `loss_value` (JAX's loss) and `update` (the largest change of a JAX parameter).
-
-  Adam's first step moves each parameter by about `lr * g / (|g| + eps)`: where a gradient is
-  near eps (1e-8), float32 rounding in g (1e-8 relative to the largest gradient) moves the result
-  by up to `lr`. The gradients then agree and `params` does not; a larger `optimizer.eps` shows
-  the rest of the update agreeing.
-
-  Gradients that sum over batch x height x width terms carry float32 accumulation error that grows
-  with that count. At Fashion-MNIST's batch 128 (100,352 terms at 28x28), against a float64 twin:
-  torch's BatchNorm backward is off by up to 5e-5 (3e-3 of the largest gradient) where JAX's is
-  off by 1e-8; without BatchNorm, XLA's gradient of the first conv (one input channel) is off by
-  8e-6 where torch's is off by 2e-8. `grads_relative` is then about 1e-3, at batch 16-32 about 1e-6.
-  """
-  if not available():
-    raise ImportError("numerics_check needs torch: pip install .[peer]")
-  from research.training import state as state_lib
-
-  config = copy.deepcopy(config)
-  with config.unlocked():
-    config.schedule = ml_collections.ConfigDict({"name": "constant"})
-  _, state, batch, _ = subjects.model_inputs(config)
-  module = twin(config, {"params": state.params, "batch_stats": state.batch_stats})
-  step = _step_of(module, config)
-
-  @jax.jit
-  def forward_backward(state, batch):
-    _, dropout = jax.random.split(state.rng)  # As `train_step` splits it.
-    loss_of = functools.partial(state_lib.loss_fn, state=state, batch=batch, dropout=dropout)
-    (_, (logits, _)), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
-    return logits, grads
-
-  logits, grads = forward_backward(state, batch)
-  after, metrics = jax.jit(state_lib.train_step)(state, batch)
-  loss, torch_logits = step(*_torch_batch(batch))
-  torch_after = variables_of(module)
-  found = {
-    **_compare(grads, variables_of(module, grads=True)["params"], "grads"),
-    **_compare(after.params, torch_after["params"], "params"),
-    **_compare(after.batch_stats, torch_after["batch_stats"], "batch_stats"),
-  }
-  (grads_diff, grads_relative), (params_diff, params_relative) = (
-    _summary(found, "grads"),
-    _summary(found, "params"),
-  )
-  before = _leaves(state.params)
-  return {
-    "loss": abs(float(metrics["loss"]) - float(loss)),
-    "logits": _max_abs(logits, torch_logits.numpy()),
-    "grads": grads_diff,
-    "grads_relative": grads_relative,
-    "params": params_diff,
-    "params_relative": params_relative,
-    "batch_stats": _summary(found, "batch_stats")[0],
-    "leaves": {name: diff for name, (diff, _) in found.items()},
-    "loss_value": float(metrics["loss"]),
-    "update": max(_max_abs(leaf, before[path]) for path, leaf in _leaves(after.params).items()),
-  }
-
-
-def twin_pass(config: ml_collections.ConfigDict) -> tuple[Callable[[], None], dict]:
-  """(one twin training step at `config.data.batch_size` on one random batch of the dataset's
-  shape, as `run.py bench` times the JAX step; `{"torch_version", "threads"}`). The step uses the
-  config's optimizer at its peak learning rate (the rate does not change the time); torch's thread
-  count is left at its default. An unsupported config raises `Unsupported` (a `ValueError`);
-  torch must be installed (`available()`)."""
-  check(config)
-  torch = _torch().torch
-  _, state, batch, _ = subjects.model_inputs(config)
-  module = twin(config, {"params": state.params, "batch_stats": state.batch_stats})
-  step = _step_of(module, config)
-  image, label = _torch_batch(batch)
-
-  def run() -> None:
-    step(image, label)
-
-  return run, {"torch_version": torch.__version__, "threads": torch.get_num_threads()}
-
-
-def bench_twin(
-  config: ml_collections.ConfigDict, warmup: int = 3, repeats: int = 10
-) -> dict | None:
-  """`twin_pass` timed alone, or None if torch is not installed.
-
-  Timed by `measure.timing.measure` (`time.perf_counter`; `warmup` >= 1 untimed steps, then
-  `repeats` >= 5 timed ones; torch on CPU is synchronous, so each time is the step's). Returns
-  `torch_version`, `threads`, `seconds` (`min`, `median`, `max`, `n`, `warmup`) and
-  `examples_per_second` (batch / median).
-  """
-  if not available():
-    return None
-  from research.measure import timing
-
-  run, about = twin_pass(config)
-  seconds = timing.measure(run, warmup=warmup, repeats=repeats)
-  return {
-    **about,
-    "seconds": seconds.to_dict(),
-    "examples_per_second": config.data.batch_size / seconds.median,
-  }
+  return {collection: trees.unflatten(leaves) for collection, leaves in flat.items()}

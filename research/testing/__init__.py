@@ -1,1 +1,0 @@
-"""Test support that is not library code: fault injection for the crash-safety tests."""
