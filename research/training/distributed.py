@@ -36,6 +36,7 @@ import jax
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
+from ml_collections import config_dict
 
 from research.config import is_int
 from research.errors import ConfigError, UserError, first_line
@@ -94,8 +95,6 @@ def defaults() -> ml_collections.ConfigDict:
   (`experiments/default.py` uses it; a config without the section gets it here).
 
   None means: from the environment variable (`ENV`); none set, one process."""
-  from ml_collections import config_dict
-
   section = ml_collections.ConfigDict()
   section.coordinator = config_dict.placeholder(str)  # host:port of process 0.
   section.num_processes = config_dict.placeholder(int)

@@ -48,5 +48,4 @@ class Hooks:
   progress_seconds: float = INTERVAL_SECONDS
 
 
-NONE = Hooks()
-installed: Hooks = NONE  # What a run given no `hooks` uses; only a harness sets it.
+installed = Hooks()  # What a run given no `hooks` uses; only a harness sets it.

@@ -169,15 +169,21 @@ def test_load_reads_through_the_documented_data_source_contract(make_config, doc
   )
 
 
+def _load_error(config, documented_only, **failure) -> str:
+  """The `DataError` line `splits.load(config)` raises with the data source failing as `failure`
+  says (`documented_only`'s settings)."""
+  documented_only.update(**failure)
+  with pytest.raises(DataError) as e:
+    splits.load(config)
+  return str(e.value)
+
+
 def test_a_read_error_names_split_dataset_dir_and_cause_not_the_format(
   make_config, documented_only
 ):
   # Before: the message said the dataset "must be prepared with --file_format=array_record".
   config = make_config()
-  documented_only.update(fail_at=700, batch=True)
-  with pytest.raises(DataError) as e:
-    splits.load(config)
-  message = str(e.value)
+  message = _load_error(config, documented_only, fail_at=700, batch=True)
   assert message.startswith("could not read split 'train' of dataset 'sklearn_digits' in ")
   assert config.data.data_dir in message and "(OSError: Input/output error)" in message
   assert "second line" not in message and "file_format" not in message and "\n" not in message
@@ -188,11 +194,7 @@ def test_fewer_examples_than_the_metadata_says_is_one_error_saying_to_prepare_ag
 ):
   # Before: 2 of the 1,437 training examples were read without a word; the plan (from the
   # metadata) promised 44 steps per epoch and the run trained 0 and said "Done".
-  config = make_config()
-  documented_only.update(length=2, batch=True)
-  with pytest.raises(DataError) as e:
-    splits.load(config)
-  message = str(e.value)
+  message = _load_error(make_config(), documented_only, length=2, batch=True)
   assert message.startswith("split 'train' of dataset 'sklearn_digits' in ")
   assert "has 2 examples where its metadata says 1437" in message
   assert "prepare it again: remove that directory and rerun" in message
